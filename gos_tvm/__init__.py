@@ -1,0 +1,31 @@
+"""gos_tvm: Grassroots Operator Search on Apache TVM.
+
+Public entry points are imported lazily (TVM and torch take seconds to import):
+
+    from_torch, from_onnx   model import              (gos_tvm.graph)
+    preset                  device target presets     (gos_tvm.hw)
+    tune, TuneResult        the GOS search            (gos_tvm.search)
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "from_torch": "gos_tvm.graph",
+    "from_onnx": "gos_tvm.graph",
+    "preset": "gos_tvm.hw",
+    "tune": "gos_tvm.search",
+    "TuneResult": "gos_tvm.search",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gos_tvm' has no attribute '{name}'")
+
+
+__all__ = list(_LAZY)
