@@ -44,17 +44,21 @@ def conv(input_shape: Sequence[int], out_channels: int, kernel_size: int | Seque
     nsp = len(input_shape) - 2
     if nsp < 1:
         raise ValueError(f"convolution input must be (N, C, *spatial), got shape {input_shape}")
-    k = _tuple(kernel_size, nsp, "kernel_size")
-    s = _tuple(stride, nsp, "stride")
-    d = _tuple(dilation, nsp, "dilation")
-    pads = _padding(padding, nsp)
+    try:
+        k = _tuple(kernel_size, nsp, "kernel_size")
+        s = _tuple(stride, nsp, "stride")
+        d = _tuple(dilation, nsp, "dilation")
+        pads = _padding(padding, nsp)
+    except ValueError as err:
+        raise ValueError(f"{name or f'conv{nsp}d'}: {err}") from None
     n, c = input_shape[:2]
+    op = name or f"conv{nsp}d"
     if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
-    if c % groups or out_channels % groups:
-        raise ValueError(f"groups={groups} must divide in_channels={c} and out_channels={out_channels}")
+        raise ValueError(f"{op}: groups must be >= 1, got {groups}")
     if out_channels < 1:
-        raise ValueError(f"out_channels must be >= 1, got {out_channels}")
+        raise ValueError(f"{op}: out_channels must be >= 1, got {out_channels}")
+    if c % groups or out_channels % groups:
+        raise ValueError(f"{op}: groups={groups} must divide in_channels={c} and out_channels={out_channels}")
     g, cg, og = groups, c // groups, out_channels // groups
 
     b = ProgramBuilder(name or f"conv{nsp}d")
@@ -108,13 +112,16 @@ def depthwise_conv2d(input_shape: Sequence[int], kernel_size: int | Sequence[int
     if len(input_shape) != 4:
         raise ValueError(f"depthwise_conv2d input must be (N, C, H, W), got {tuple(input_shape)}")
     if multiplier < 1:
-        raise ValueError(f"multiplier must be >= 1, got {multiplier}")
+        raise ValueError(f"depthwise_conv2d: multiplier must be >= 1, got {multiplier}")
     n, c = int(input_shape[0]), int(input_shape[1])
     k = _tuple(kernel_size, 2, "kernel_size")
     b = ProgramBuilder("depthwise_conv2d")
     x = b.input("x", input_shape)
     w = b.weight("weight", (c * multiplier, 1, *k))
-    pads = _padding(padding, 2)
+    try:
+        pads = _padding(padding, 2)
+    except ValueError as err:
+        raise ValueError(f"depthwise_conv2d: {err}") from None
     if any(lo or hi for lo, hi in pads):
         x = b.pad(x, pads=((0, 0), (0, 0), *pads))
     win = b.window(x, axes=(2, 3), kernel=k, stride=_tuple(stride, 2, "stride"),
@@ -148,7 +155,7 @@ def dense(input_shape: Sequence[int], out_features: int, bias: bool = True) -> O
     if not 1 <= len(input_shape) <= 6:
         raise ValueError(f"dense input must have 1 to 6 axes, got shape {input_shape}")
     if out_features < 1:
-        raise ValueError(f"out_features must be >= 1, got {out_features}")
+        raise ValueError(f"dense: out_features must be >= 1, got {out_features}")
     lead = string.ascii_lowercase[:len(input_shape) - 1]  # a.. for leading axes; k, o are reserved below
     lead = lead.replace("k", "x").replace("o", "y")
     b = ProgramBuilder("dense")

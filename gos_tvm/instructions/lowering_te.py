@@ -96,6 +96,25 @@ def _contract(a: te.Tensor, b: te.Tensor, spec: str) -> te.Tensor:
     return te.compute([sizes[ax] for ax in out], body, name="contract")
 
 
+def _reshape(x: te.Tensor, shape) -> te.Tensor:
+    # Inserting or dropping unit axes is an index renaming; topi.reshape would go through a
+    # flat index with div/mod (e.g. bias[(i + j + k) % O]), which is slower and has tripped
+    # LLVM's SLP vectorizer ("Instruction does not dominate all uses") on some shapes.
+    src = [int(d) for d in x.shape]
+    if [d for d in src if d != 1] == [d for d in shape if d != 1]:
+        src_pos = [i for i, d in enumerate(src) if d != 1]
+        dst_pos = [i for i, d in enumerate(shape) if d != 1]
+
+        def index(*idx):
+            out = [0] * len(src)
+            for i, j in zip(src_pos, dst_pos):
+                out[i] = idx[j]
+            return x[tuple(out)]
+
+        return te.compute(list(shape), index, name="reshape")
+    return topi.reshape(x, list(shape))
+
+
 def _slice(x: te.Tensor, axis: int, begin: int, end: int, stride: int = 1) -> te.Tensor:
     return topi.strided_slice(x, [begin], [end], [stride], axes=[axis % len(x.shape)])
 
@@ -117,7 +136,7 @@ TE_OPS: dict[str, Callable[..., te.Tensor]] = {
     "neg": topi.negative,
     "reduce_sum": _reduce(topi.sum),
     "reduce_max": _reduce(topi.max),
-    "reshape": lambda x, shape: topi.reshape(x, list(shape)),
+    "reshape": _reshape,
     "transpose": lambda x, perm: topi.transpose(x, list(perm)),
     "concat": lambda *xs, axis: topi.concatenate(list(xs), axis=axis),
     "slice": _slice,
@@ -148,11 +167,18 @@ def to_te(program: OpProgram) -> tirx.PrimFunc:
     return te.create_prim_func(args + [out]).with_attr("global_symbol", "main")
 
 
+#: LLVM flags for every CPU target we build: TVM's bundled LLVM miscompiles some small
+#: loop nests in its SLP vectorizer ("Instruction does not dominate all uses", e.g. a 1x1
+#: conv with bias on a 2x5 image).  TVM vectorises explicitly through the schedule, so
+#: LLVM's own straight-line vectorizer is not what makes tuned code fast.
+LLVM_CL_OPT = ("-vectorize-slp=false",)
+
+
 def default_target() -> tvm.target.Target:
     """The host CPU, as MetaSchedule wants it (an llvm target with num-cores)."""
     import os
 
-    return tvm.target.Target({"kind": "llvm", "num-cores": os.cpu_count() or 1})
+    return tvm.target.Target({"kind": "llvm", "num-cores": os.cpu_count() or 1, "cl-opt": list(LLVM_CL_OPT)})
 
 
 class CompiledProgram:
