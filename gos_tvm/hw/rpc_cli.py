@@ -1,0 +1,167 @@
+"""`gos-tvm rpc tracker | server | query`: the device pool on the command line.
+
+    gos-tvm rpc tracker --host 0.0.0.0 --port 9190
+    gos-tvm rpc server  --tracker 192.168.1.10:9190 --key rasp3b        # on the device
+    gos-tvm rpc query   --host 192.168.1.10 --port 9190
+
+TVM is imported inside the handlers only (`gos-tvm --help` stays fast).  Also runnable without the
+rest of the CLI as `python -m gos_tvm.hw.rpc_cli ...` (which is how `LocalDevicePool` starts its
+processes).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+
+def _port_end(port: int, port_end: int | None) -> int:
+    # TVM's own scripts default --port-end to 9199, so any --port above it fails to bind.
+    return port_end if port_end is not None and port_end > port else port + 10
+
+
+def _install_sigterm() -> None:
+    def _raise(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
+def run_tracker(args: argparse.Namespace) -> int:
+    import logging
+
+    from tvm.rpc.tracker import Tracker
+
+    logging.basicConfig(level=logging.WARNING if args.silent else logging.INFO)
+    _install_sigterm()
+    tracker = Tracker(args.host, port=args.port, port_end=_port_end(args.port, args.port_end), silent=args.silent)
+    print(f"RPC tracker listening on {args.host}:{tracker.port}", flush=True)
+    try:
+        tracker.proc.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        tracker.terminate()
+    return 0
+
+
+def run_server(args: argparse.Namespace) -> int:
+    import logging
+
+    from tvm import rpc
+
+    from .tracker import DeviceUnavailableError, connect_tracker_socket
+
+    logging.basicConfig(level=logging.WARNING if args.silent else logging.INFO)
+    tracker_addr = None
+    if args.tracker:
+        host, _, port = args.tracker.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"error: --tracker must be HOST:PORT, got {args.tracker!r}", file=sys.stderr)
+            return 2
+        tracker_addr = (host, int(port))
+        if not args.key:
+            print("error: --key is required with --tracker (the device kind the server registers as)",
+                  file=sys.stderr)
+            return 2
+        # Wait a bounded time for the tracker (it may be starting too), then fail clearly instead
+        # of TVM's silent 60 s retry loop inside its server process.
+        import time
+
+        deadline = time.monotonic() + args.tracker_timeout
+        while True:
+            try:
+                connect_tracker_socket(*tracker_addr, timeout=max(0.5, min(5.0, deadline - time.monotonic()))).close()
+                break
+            except DeviceUnavailableError as err:
+                if time.monotonic() >= deadline:
+                    print(f"error: {err}", file=sys.stderr)
+                    return 1
+                time.sleep(0.25)
+    _install_sigterm()
+    server = rpc.Server(args.host, args.port, _port_end(args.port, args.port_end), key=args.key or "",
+                        tracker_addr=tracker_addr, load_library=args.load_library, custom_addr=args.custom_addr,
+                        silent=args.silent, no_fork=args.no_fork)
+    where = f"tracker {args.tracker} under key '{args.key}'" if tracker_addr else "no tracker (direct connections)"
+    print(f"RPC server listening on {args.host}:{server.port}, registered with {where}", flush=True)
+    try:
+        server.proc.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.terminate()
+    return 0
+
+
+def run_query(args: argparse.Namespace) -> int:
+    import json
+
+    from .tracker import DeviceUnavailableError, query_tracker
+
+    try:
+        status = query_tracker(args.host, args.port, timeout=args.timeout)
+    except DeviceUnavailableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.key:
+        status.servers = [(a, k) for a, k in status.servers if k == args.key]
+        status.queues = {k: q for k, q in status.queues.items() if k == args.key}
+    print(json.dumps(status.to_json(), indent=2) if args.json else status.text())
+    if args.key and status.count(args.key) == 0:
+        return 3
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `rpc` with `tracker`, `server` and `query` to the `gos-tvm` command line."""
+    rpc_p = subparsers.add_parser("rpc", help="RPC device pool: start a tracker or a device server, query a tracker")
+    sub = rpc_p.add_subparsers(dest="rpc_command", required=True)
+
+    t = sub.add_parser("tracker", help="start an RPC tracker (the pool that devices register with)")
+    t.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0: reachable by boards)")
+    t.add_argument("--port", type=int, default=9190)
+    t.add_argument("--port-end", type=int, default=None,
+                   help="last port to try (exclusive); default port+10 (TVM's fixed 9199 breaks high ports)")
+    t.add_argument("--silent", action="store_true")
+    t.set_defaults(func=run_tracker)
+
+    s = sub.add_parser("server", help="start an RPC server (run this on the device) and register it with a tracker")
+    s.add_argument("--tracker", default=os.environ.get("TVM_TRACKER_HOST") and
+                   f"{os.environ['TVM_TRACKER_HOST']}:{os.environ.get('TVM_TRACKER_PORT', '9190')}",
+                   help="HOST:PORT of the tracker (default from TVM_TRACKER_HOST/TVM_TRACKER_PORT)")
+    s.add_argument("--key", default=None, help="device key to register under (e.g. local, rasp3b, redmi-note-7s)")
+    s.add_argument("--host", default="0.0.0.0", help="address to bind")
+    s.add_argument("--port", type=int, default=9090)
+    s.add_argument("--port-end", type=int, default=None, help="last port to try (exclusive); default port+10")
+    s.add_argument("--custom-addr", default=None,
+                   help="address to report to the tracker (when the device is behind NAT / has several interfaces)")
+    s.add_argument("--load-library", default=None, help="extra shared libraries to load, ':'-separated")
+    s.add_argument("--no-fork", action="store_true", help="spawn instead of fork for sessions")
+    s.add_argument("--tracker-timeout", type=float, default=10.0,
+                   help="seconds to wait for the tracker before giving up at start-up (default 10)")
+    s.add_argument("--silent", action="store_true")
+    s.set_defaults(func=run_server)
+
+    q = sub.add_parser("query", help="show what a tracker holds: servers, keys, free and busy counts")
+    q.add_argument("--host", default=os.environ.get("TVM_TRACKER_HOST", "127.0.0.1"))
+    q.add_argument("--port", type=int, default=int(os.environ.get("TVM_TRACKER_PORT", "9190")))
+    q.add_argument("--key", default=None, help="only this key (exit status 3 if it has no server)")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.add_argument("--timeout", type=float, default=5.0, help="seconds before an unreachable tracker is an error")
+    q.set_defaults(func=run_query)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gos_tvm.hw.rpc_cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "rpc":
+        argv = ["rpc", *argv]
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
