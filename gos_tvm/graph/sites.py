@@ -25,7 +25,7 @@ reported as `SkippedSite`s and left untouched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import tvm
@@ -69,6 +69,8 @@ class Site:
     output_var: str
     bindings: tuple[str, ...]
     param_names: tuple[str, ...] = ()
+    #: (input expression, output var) in the module that `analyze` was given; internal.
+    refs: Any = field(default=None, repr=False, compare=False)
 
     @property
     def flops(self) -> int:
@@ -382,7 +384,8 @@ def analyze(mod: tvm.IRModule, params: dict[str, np.ndarray]) -> SiteAnalysis:
             kind=info["kind"], program=program, weights=weights,
             input_shape=info["in_shape"], output_shape=info["out_shape"], op=op, attrs=info["attrs"],
             bias=bias is not None, input_var=x.name if isinstance(x, relax.Var) else "",
-            output_var=out_var.name, bindings=tuple(v.name for v in replaced), param_names=tuple(param_names)))
+            output_var=out_var.name, bindings=tuple(v.name for v in replaced), param_names=tuple(param_names),
+            refs=(x, out_var)))
     return result
 
 
@@ -400,12 +403,6 @@ def find_sites(mod: tvm.IRModule, params: dict[str, np.ndarray]) -> list[Site]:
 def find_skipped(mod: tvm.IRModule, params: dict[str, np.ndarray]) -> list[SkippedSite]:
     """Convolution / dense operators of ``mod["main"]`` that are not sites, with the reason."""
     return analyze(mod, params).skipped
-
-
-def iter_bindings(func: relax.Function) -> Iterator[relax.VarBinding]:
-    for block in func.body.blocks:
-        for b in block.bindings:
-            yield b
 
 
 __all__ = ["Site", "SkippedSite", "SiteAnalysis", "SITE_KINDS", "analyze", "find_sites", "find_skipped"]
