@@ -42,17 +42,32 @@ EM_AARCH64 = 183
 
 def as_target(target: Any = None) -> tvm.target.Target:
     """A `tvm.target.Target` from a Target, a dict, a tag / JSON string, an object with a
-    ``.target`` attribute (a device preset), or None (the host CPU with ``num-cores``)."""
+    ``.target`` attribute (a device preset), or None (the host CPU with ``num-cores``).
+
+    An llvm target for a hard-float ARM triple (``*-gnueabihf``) without ``mfloat-abi``
+    gets ``"mfloat-abi": "hard"``: without it LLVM emits soft-float objects that
+    ``arm-linux-gnueabihf-g++`` refuses to link ("uses VFP register arguments, ... does
+    not"); the ``arm/rasp3b`` tag is such a target.
+    """
     if target is None:
         return tvm.target.Target({"kind": "llvm", "num-cores": os.cpu_count() or 1})
     if isinstance(target, tvm.target.Target):
-        return target
+        return _hard_float(target)
     if isinstance(target, (dict, str)):
-        return tvm.target.Target(target)
+        return _hard_float(tvm.target.Target(target))
     inner = getattr(target, "target", None)
     if inner is not None and inner is not target:
         return as_target(inner)
     raise TypeError(f"cannot make a TVM target from {type(target).__name__}: {target!r}")
+
+
+def _hard_float(target: tvm.target.Target) -> tvm.target.Target:
+    if target.kind.name != "llvm" or not _triple(target).endswith("gnueabihf") or target.attrs.get("mfloat-abi"):
+        return target
+    config = dict(target.export())
+    config.pop("tag", None)
+    config["mfloat-abi"] = "hard"
+    return tvm.target.Target(config, target.host) if target.host is not None else tvm.target.Target(config)
 
 
 def bind_params(mod: tvm.IRModule, params: Mapping[str, np.ndarray] | None) -> tvm.IRModule:

@@ -45,7 +45,7 @@ _OTHER_CONV_OPS = {
 }
 
 
-@dataclass
+@dataclass(eq=False)
 class Site:
     """One replaceable operator of a Relax module.
 
@@ -81,6 +81,9 @@ class Site:
     def params(self) -> int:
         """Number of weight elements of the original operator."""
         return self.program.params
+
+    def __getstate__(self) -> dict[str, Any]:  # the TVM references do not pickle
+        return {**self.__dict__, "refs": None}
 
     def __repr__(self) -> str:
         return (f"Site({self.id!r}, {self.kind}, {self.input_shape} -> {self.output_shape}, "
@@ -152,11 +155,11 @@ class _Graph:
 
     def constant(self, expr: Any) -> tuple[np.ndarray, str | None, list[Any]] | None:
         """(value, parameter name or None, vars passed through) if ``expr`` is a constant,
-        a parameter, or a reshape / transpose / expand_dims of one; else None."""
+        a parameter, or a reshape / transpose / expand_dims / broadcast_to of one; else None."""
         through: list[Any] = []
         transforms: list[tuple[Any, relax.Call]] = []
         while isinstance(expr, relax.Var) and expr in self.value:
-            call = self.call(expr, ("relax.reshape", "relax.permute_dims", "relax.expand_dims"))
+            call = self.call(expr, ("relax.reshape", "relax.permute_dims", "relax.expand_dims", "relax.broadcast_to"))
             if call is None:
                 return None
             through.append(expr)
@@ -175,6 +178,8 @@ class _Graph:
             if call.op.name == "relax.permute_dims":
                 axes = None if call.attrs.axes is None else [int(a) for a in call.attrs.axes]
                 value = np.transpose(value, axes)
+            elif call.op.name == "relax.broadcast_to":
+                value = np.broadcast_to(value, _static_shape(var.ty))
             else:  # reshape / expand_dims: row-major, order unchanged
                 value = value.reshape(_static_shape(var.ty))
         return value, source, through
@@ -300,6 +305,11 @@ def _dense_site(g: _Graph, b: relax.VarBinding, call: relax.Call) -> dict[str, A
         raise _Skip(f"out_dtype {call.attrs.out_dtype}")
     value, source, through = found
     in_shape, out_shape = _static_shape(x.ty), _static_shape(b.var.ty)
+    if value.ndim > 2:  # torch.export writes a 3-d linear as a bmm with a broadcast weight
+        stacked = value.reshape(-1, *value.shape[-2:])
+        if not (stacked == stacked[:1]).all():
+            raise _Skip(f"batched weight of shape {value.shape} differs across the batch")
+        value = stacked[0]
     if value.ndim != 2:
         raise _Skip(f"weight of rank {value.ndim} (a dense layer has a 2-d weight)")
     if len(in_shape) < 1 or len(in_shape) > 6:
