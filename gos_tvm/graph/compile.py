@@ -201,7 +201,8 @@ def export_library(executable: relax.VMExecutable, path: str | os.PathLike, targ
                    options: Sequence[str] | None = None) -> str:
     """Export ``executable`` to a shared library at ``path`` and return the path.
 
-    ``target`` must be the target the executable was compiled for: when it names another
+    ``target`` (a Target, dict, tag, or a device preset with ``.target`` and ``.export``)
+    must be the target the executable was compiled for: when it names another
     machine (``mtriple`` aarch64-linux-gnu or arm*-linux-gnueabihf), the library is
     linked with the matching cross compiler (see `CROSS_COMPILERS`).  ``cc`` (a compiler
     name) or ``fcompile`` (a TVM compile function, e.g. ``tvm.support.ndk.create_shared``)
@@ -210,6 +211,8 @@ def export_library(executable: relax.VMExecutable, path: str | os.PathLike, targ
     from tvm.support import cc as tvm_cc
 
     path = os.fspath(path)
+    if fcompile is None and cc is None and not isinstance(target, (tvm.target.Target, dict, str, type(None))):
+        fcompile = getattr(target, "export", None)  # a device preset's own compile function
     if fcompile is None:
         if cc is None and target is not None and is_cross_target(target):
             cc = cross_compiler_for(target)
@@ -247,6 +250,7 @@ def elf_type(path: str | os.PathLike) -> int:
     return int.from_bytes(head[16:18], order)
 
 
-__all__ = ["as_target", "bind_params", "legalize", "apply_database", "compile_module", "run", "load_vm", "export_library",
+__all__ = ["as_target", "bind_params", "legalize", "apply_database", "compile_module", "run", "load_vm",
+           "export_library",
            "cross_compiler_for", "is_cross_target", "elf_machine", "elf_type", "CROSS_COMPILERS",
            "EM_ARM", "EM_AARCH64", "EM_X86_64"]

@@ -41,7 +41,8 @@ def torch_reference(model: torch.nn.Module, replacements: Mapping[str, Replaceme
     return ref
 
 
-def capture_torch(model: torch.nn.Module, inputs: Any, site_ids: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def capture_torch(model: torch.nn.Module, inputs: Any,
+                  site_ids: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The input and output of the submodule of each site id on ``inputs`` (one tensor or
     array with a batch axis, a tuple of them for several model inputs, or a list of
     samples that are concatenated along axis 0), with the model in eval mode."""

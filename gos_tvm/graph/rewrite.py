@@ -111,7 +111,8 @@ def _add_prim_func(bb: relax.BlockBuilder, program: OpProgram) -> tvm.ir.GlobalV
     return bb.add_func(replacement_prim_func(program).without_attr("global_symbol"), name)
 
 
-def _rebuild(mod: tvm.IRModule, func: relax.Function, n_inputs: int, replace: Mapping[Any, Any], extra_params: Sequence[Any],
+def _rebuild(mod: tvm.IRModule, func: relax.Function, n_inputs: int, replace: Mapping[Any, Any],
+             extra_params: Sequence[Any],
              tail: tuple[list[Any], Any] | None = None) -> relax.Function:
     """``func`` with the values of the bindings in ``replace`` swapped, ``extra_params``
     appended, dead bindings and unused parameters removed.  ``tail`` = (extra block
