@@ -281,8 +281,13 @@ def test_substituted_module_matches_torch_reference(imported):
     reference = torch_reference(model, replacements)
     ref = reference(x).detach().numpy()
     assert rel_err(ref, model(x).detach().numpy()) > 1e-2  # the replacements do change the model
-    (out,) = run(compile_module(new_mod, new_params), x)
+    ex = compile_module(new_mod, new_params)
+    (out,) = run(ex, x)
     assert rel_err(out, ref) < 1e-4
+    # The reference model runs batches (chunk by chunk through the batch-1 programs).
+    batch = torch.randn((2, *x.shape[1:]), generator=torch.Generator().manual_seed(3))
+    got = np.concatenate([run(ex, batch[i:i + 1])[0] for i in range(2)])
+    assert rel_err(got, reference(batch).detach().numpy()) < 1e-4
 
 
 def test_capture_matches_torch_hooks(imported):

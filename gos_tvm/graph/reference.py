@@ -29,15 +29,33 @@ def _submodule(model: torch.nn.Module, site_id: str) -> torch.nn.Module:
                        "(site ids of torch models are qualified module names)") from err
 
 
+class Chunked(torch.nn.Module):
+    """Runs a program module (fixed batch ``b``) on any multiple of ``b`` samples, chunk by chunk."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+        (self.shape,) = module.program.inputs.values()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.shape[0]
+        if tuple(x.shape) == tuple(self.shape) or x.shape[0] % b or tuple(x.shape[1:]) != tuple(self.shape[1:]):
+            return self.module(x)  # exact shape, or let the module report the mismatch
+        return torch.cat([self.module(c) for c in torch.split(x, b)])
+
+
 def torch_reference(model: torch.nn.Module, replacements: Mapping[str, Replacement]) -> torch.nn.Module:
     """A deep copy of ``model`` (in eval mode) with the submodule of each site id replaced by
-    ``to_torch(program, weights)``: the torch counterpart of `substitute`."""
+    ``to_torch(program, weights)``: the torch counterpart of `substitute`.
+
+    The programs have the static batch size of the imported model; the replaced
+    submodules (`Chunked`) run larger batches that are multiples of it chunk by chunk."""
     ref = copy.deepcopy(model).eval()
     for site_id, (program, weights) in replacements.items():
         _submodule(ref, site_id)
         parent_name, _, child = site_id.rpartition(".")
         parent = ref.get_submodule(parent_name) if parent_name else ref
-        setattr(parent, child, to_torch(program, dict(weights)).eval())
+        setattr(parent, child, Chunked(to_torch(program, dict(weights))).eval())
     return ref
 
 
@@ -80,4 +98,4 @@ def capture_torch(model: torch.nn.Module, inputs: Any,
     return {s: seen[s] for s in site_ids}
 
 
-__all__ = ["torch_reference", "capture_torch"]
+__all__ = ["torch_reference", "capture_torch", "Chunked"]
