@@ -1,0 +1,350 @@
+"""The replacement space: site matching, the rewrite families, composition, candidate generation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gos_tvm.instructions import OpProgram, compile_program, library, to_torch
+from gos_tvm.space import RULES, Candidate, apply, candidates, find_sites, match_site
+from gos_tvm.space.factor import shift_taps
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+def run_torch(program: OpProgram, weights: dict, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return to_torch(program, weights)(torch.from_numpy(x)).numpy()
+
+
+def random_weights(program: OpProgram, seed: int) -> dict[str, np.ndarray]:
+    return to_torch(program, generator=torch.Generator().manual_seed(seed)).weight_arrays()
+
+
+# --- sites ---------------------------------------------------------------------------------
+
+SITE_CASES = [
+    # program, kind, groups, in, out, kernel, stride, dilation, pads
+    (library.conv2d((2, 6, 9, 9), 8, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+     "conv", 1, 6, 8, (3, 5), (2, 1), (1, 2), ((1, 1), (2, 2))),
+    (library.conv2d((1, 8, 6, 6), 12, 3, groups=4), "conv", 4, 8, 12, (3, 3), (1, 1), (1, 1), ((0, 0), (0, 0))),
+    (library.depthwise_conv2d((1, 4, 6, 6), 3, padding=1, multiplier=2), "conv", 4, 4, 8, (3, 3), (1, 1), (1, 1),
+     ((1, 1), (1, 1))),
+    (library.conv1d((1, 5, 30), 7, 3, padding=4, dilation=4), "conv", 1, 5, 7, (3,), (1,), (4,), ((4, 4),)),
+    (library.pointwise_conv2d((1, 8, 4, 4), 6), "linear", 1, 8, 6, (), (), (), ()),
+    (library.dense((3, 5, 16), 10), "linear", 1, 16, 10, (), (), (), ()),
+]
+
+
+@pytest.mark.parametrize("case", SITE_CASES, ids=lambda c: c[0].name)
+def test_sites_of_library_operators(case):
+    program, kind, groups, c, o, kernel, stride, dilation, pads = case
+    (site,) = find_sites(program)
+    assert (site.kind, site.groups, site.in_channels, site.out_channels) == (kind, groups, c, o)
+    assert (site.kernel, site.stride, site.dilation, site.pads) == (kernel, stride, dilation, pads)
+    assert site.source == "x" and site.output_shape == program.shapes[site.end]
+    # The effective weight is the torch layout of the layer's weight, whatever the program's layout.
+    w = random_weights(program, 0)
+    eff = site.effective_weight(w)
+    torch_layout = w["weight"].reshape(eff.shape)
+    assert np.array_equal(eff, torch_layout)
+    assert np.array_equal(site.stored_weight(eff, program.weights["weight"]), w["weight"])
+
+
+def test_non_sites_are_not_matched():
+    program = library.conv2d((1, 2, 5, 5), 3, 3)
+    assert match_site(program, "window0") is None
+    assert match_site(program, "no_such_node") is None
+    # Both operands are data: no weight, no site.
+    from gos_tvm.instructions import ProgramBuilder
+    b = ProgramBuilder("gram")
+    x = b.input("x", (4, 3))
+    y = b.input("y", (3, 5))
+    assert find_sites(b.build(b.contract(x, y, spec="ab,bc->ac"))) == []
+
+
+# --- each family is exact on its own members ---------------------------------------------------
+
+CONV = library.conv2d((1, 6, 7, 7), 8, 3, stride=1, padding=1)
+CONV_STRIDED = library.conv2d((2, 4, 9, 8), 8, (3, 2), stride=2, padding=(2, 0), dilation=(2, 1))
+CONV1D = library.conv1d((2, 4, 24), 6, 3, padding=4, dilation=4)
+DENSE = library.dense((5, 12), 8)
+
+
+def family_member(rule: str, site_weight_shape: tuple, params: dict, rng: np.random.Generator) -> np.ndarray:
+    """A weight that the family with `params` represents exactly (so init must reproduce it)."""
+    o, c, kernel = site_weight_shape[0], site_weight_shape[1], site_weight_shape[2:]
+    n = rng.standard_normal
+    if rule == "low_rank":
+        return (n((o, params["rank"])) @ n((params["rank"], int(np.prod(kernel, dtype=int)) * c))).reshape(o, c, *kernel)
+    if rule == "depthwise_separable":
+        return np.einsum("oc,ck->ock", n((o, c)), n((c, int(np.prod(kernel))))).reshape(o, c, *kernel)
+    if rule == "spatially_separable":
+        m = params["mid"]
+        return np.einsum("omj,mci->ocij", n((o, m, kernel[1])), n((m, c, kernel[0])))
+    if rule == "channel_bottleneck":
+        r = params["rank"]
+        return np.einsum("oa,abk,bc->ock", n((o, r)), n((r, r, int(np.prod(kernel)))), n((r, c))).reshape(o, c, *kernel)
+    if rule == "grouped_shuffle":
+        g = params["groups"]
+        w = n((o, c, *kernel))
+        for q in range(o):  # output q = j*G + g may only see input group g
+            keep = np.zeros(c, bool)
+            keep[(q % g) * (c // g):(q % g + 1) * (c // g)] = True
+            w[q, ~keep] = 0
+        return w
+    if rule == "shift_pointwise":
+        w = np.zeros((o, c, *kernel))
+        for ch, tap in enumerate(shift_taps(c, tuple(kernel))):
+            w[(slice(None), ch, *tap)] = n(o)
+        return w
+    raise AssertionError(rule)
+
+
+EXACT_CASES = [
+    ("low_rank", CONV, {"rank": 3}), ("low_rank", CONV1D, {"rank": 2}), ("low_rank", DENSE, {"rank": 3}),
+    ("depthwise_separable", CONV, {}), ("depthwise_separable", CONV_STRIDED, {}), ("depthwise_separable", CONV1D, {}),
+    ("spatially_separable", CONV, {"mid": 4}), ("spatially_separable", CONV_STRIDED, {"mid": 3}),
+    ("channel_bottleneck", CONV, {"rank": 3}), ("channel_bottleneck", CONV1D, {"rank": 2}),
+    ("grouped_shuffle", CONV, {"groups": 2}), ("grouped_shuffle", CONV1D, {"groups": 2}),
+    ("grouped_shuffle", DENSE, {"groups": 4}),
+    ("shift_pointwise", CONV, {}), ("shift_pointwise", CONV_STRIDED, {}), ("shift_pointwise", CONV1D, {}),
+]
+
+
+@pytest.mark.parametrize("rule,program,params", EXACT_CASES,
+                         ids=[f"{r}-{p.name}-{i}" for i, (r, p, _) in enumerate(EXACT_CASES)])
+def test_closed_form_init_is_exact_on_the_family(rule, program, params):
+    rng = np.random.default_rng(3)
+    (site,) = find_sites(program)
+    w = {"weight": family_member(rule, site.effective_shape, params, rng).reshape(program.weights["weight"])
+         .astype(np.float32), "bias": rng.standard_normal(program.weights["bias"]).astype(np.float32)}
+    cand = apply(program, rule, **params)
+    assert cand.program.inputs == program.inputs and cand.program.output_shape == program.output_shape
+    x = rng.standard_normal(program.inputs["x"]).astype(np.float32)
+    init = cand.init(program, w)
+    assert set(init) == set(cand.program.weights)
+    assert np.array_equal(init["bias"], w["bias"])  # weights outside the site are carried over
+    assert rel(run_torch(cand.program, init, x), run_torch(program, w, x)) < 1e-5
+
+
+def test_closed_form_init_is_the_best_rank_r_approximation():
+    """Eckart–Young: low_rank's init error equals the discarded singular values' energy."""
+    w = random_weights(CONV, 1)
+    cand = apply(CONV, "low_rank", rank=3)
+    (site,) = find_sites(CONV)
+    m = site.effective_weight(w).reshape(8, -1)
+    s = np.linalg.svd(m, compute_uv=False)
+    (new_site,) = [s_ for s_ in find_sites(cand.program) if s_.kind == "conv"]
+    init = cand.init(CONV, w)
+    up = [s_ for s_ in find_sites(cand.program) if s_.kind == "linear"][0]
+    approx = up.effective_weight(init) @ new_site.effective_weight(init).reshape(3, -1)
+    assert np.linalg.norm(m - approx) == pytest.approx(np.sqrt((s[3:] ** 2).sum()), rel=1e-4)
+
+
+# --- TVM build and torch lowering agree, on random legal sites ----------------------------------
+
+
+@st.composite
+def sites(draw, kinds=("conv2d", "conv1d", "dense"), window=False, two_d=False, even=False):
+    """A small random operator that the family can rewrite."""
+    kind = draw(st.sampled_from(["conv2d"] if two_d else list(kinds)))
+    mult = 4 if even else 1
+    c = mult * draw(st.integers(1, 8 // mult)) if even else draw(st.integers(2, 6))
+    o = mult * draw(st.integers(1, 8 // mult)) if even else draw(st.integers(2, 6))
+    if kind == "dense":
+        return library.dense((draw(st.integers(1, 3)), c), o, bias=draw(st.booleans()))
+    nsp = 2 if kind == "conv2d" else 1
+    lo = 2 if window else 1
+    k = tuple(draw(st.integers(lo, 3)) for _ in range(nsp))
+    s = tuple(draw(st.integers(1, 2)) for _ in range(nsp))
+    d = tuple(draw(st.integers(1, 2)) for _ in range(nsp))
+    p = tuple(draw(st.integers(0, 2)) for _ in range(nsp))
+    size = tuple(draw(st.integers(5, 8)) for _ in range(nsp))
+    return library.conv((draw(st.integers(1, 2)), c, *size), o, k, s, p, d, bias=draw(st.booleans()))
+
+
+FAMILY_SITES = {
+    "low_rank": sites(),
+    "depthwise_separable": sites(kinds=("conv2d", "conv1d"), window=True),
+    "spatially_separable": sites(two_d=True, window=True),
+    "grouped_shuffle": sites(even=True),
+    "shift_pointwise": sites(kinds=("conv2d", "conv1d"), window=True),
+    "channel_bottleneck": sites(kinds=("conv2d", "conv1d"), window=True),
+}
+
+
+def check_te_matches_torch(cands: list[Candidate], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for cand in cands:
+        p = cand.program
+        x = rng.standard_normal(p.inputs["x"]).astype(np.float32)
+        w = random_weights(p, seed)
+        want = run_torch(p, w, x)
+        got = compile_program(p)([x], w)
+        assert rel(got, want) < 1e-4, f"{cand}: TVM and torch disagree"
+
+
+@pytest.mark.parametrize("family", list(RULES))
+def test_te_and_torch_agree_for_every_family(family):
+    @settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(program=FAMILY_SITES[family], seed=st.integers(0, 2**16))
+    def check(program, seed):
+        cands = candidates(program, families=[family], depth=1, max_flops_ratio=None, include_original=False)
+        assert cands, f"{family} should be legal on {find_sites(program)}"
+        assert all(c.rule == family for c in cands)
+        for c in cands:  # shape preserving
+            assert c.program.inputs == program.inputs and c.program.output_shape == program.output_shape
+        check_te_matches_torch(cands, seed)
+
+    check()
+
+
+def test_te_and_torch_agree_for_compositions():
+    program = library.conv2d((1, 8, 6, 6), 8, 3, padding=1, stride=1)
+    comps = [c for c in candidates(program, depth=2, max_flops_ratio=None) if len(c.steps) == 2]
+    rules = sorted({c.rule for c in comps})
+    assert len(rules) >= 15  # every family is composed with the others
+    picked = [next(c for c in comps if c.rule == r) for r in rules[::2]]  # one per rule pair, every other pair
+    check_te_matches_torch(picked, 7)
+
+
+# --- composition ---------------------------------------------------------------------------------
+
+
+def test_low_rank_on_the_pointwise_part_of_depthwise_separable():
+    program = library.conv2d((1, 8, 6, 6), 16, 3, padding=1)
+    ds = apply(program, "depthwise_separable")
+    # The depthwise part has groups == C, so low_rank is legal only on the pointwise part.
+    ds_lr = ds.apply("low_rank", rank=4)
+    assert ds_lr.rule == "depthwise_separable>low_rank"
+    assert [s["rule"] for s in ds_lr.rule_params["steps"]] == ["depthwise_separable", "low_rank"]
+    kinds = sorted((s.kind, s.groups, s.in_channels, s.out_channels) for s in find_sites(ds_lr.program))
+    assert kinds == [("conv", 8, 8, 8), ("linear", 1, 4, 16), ("linear", 1, 8, 4)]
+    assert ds_lr.flops < ds.flops < program.flops
+    # Exact when the original weight is a depthwise-separable one with a rank-4 pointwise part.
+    rng = np.random.default_rng(0)
+    pw = rng.standard_normal((16, 4)) @ rng.standard_normal((4, 8))
+    w = {"weight": np.einsum("oc,ck->ock", pw, rng.standard_normal((8, 9))).reshape(16, 8, 3, 3).astype(np.float32),
+         "bias": rng.standard_normal(16).astype(np.float32)}
+    x = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)
+    assert rel(run_torch(ds_lr.program, ds_lr.init(program, w), x), run_torch(program, w, x)) < 1e-5
+    check_te_matches_torch([ds_lr], 1)
+
+
+def test_inverted_bottleneck_by_composition():
+    """channel_bottleneck then depthwise_separable on its core: reduce, depthwise, pointwise, expand."""
+    program = library.conv1d((1, 16, 20), 16, 5, padding=4, dilation=2)
+    cand = apply(program, "channel_bottleneck", rank=4).apply("depthwise_separable")
+    ops = [n.op for n in cand.program.nodes]
+    assert ops.count("window") == 1 and ops.count("contract") == 4
+    assert any(s.is_depthwise for s in find_sites(cand.program))
+    # candidates() reaches the same program (as a structural hash) on its own.
+    assert cand.structural_hash in {c.structural_hash for c in candidates(program, depth=2, max_flops_ratio=None)}
+    check_te_matches_torch([cand], 2)
+
+
+# --- candidate generation ----------------------------------------------------------------------------
+
+
+def test_candidates_are_distinct_ordered_and_filtered():
+    program = library.conv2d((1, 8, 8, 8), 16, 3, padding=1)
+    cands = candidates(program, max_flops_ratio=0.5)
+    hashes = [c.structural_hash for c in cands]
+    assert len(hashes) == len(set(hashes))
+    flops = [c.flops for c in cands]
+    assert flops == sorted(flops)
+    originals = [c for c in cands if c.is_original]
+    assert len(originals) == 1 and originals[0].program is program and originals[0].rule == "original"
+    assert all(c.flops <= 0.5 * program.flops for c in cands if not c.is_original)
+    assert {c.steps[0].rule for c in cands if c.steps} == set(RULES)
+    assert any(len(c.steps) == 2 for c in cands)
+    for c in cands:
+        assert (c.flops, c.bytes, c.params) == (c.program.flops, c.program.bytes, c.program.params)
+        assert c.program.inputs == program.inputs and c.program.output_shape == program.output_shape
+    # Same request, same list; a narrower request gives a subset.
+    assert [c.structural_hash for c in candidates(program, max_flops_ratio=0.5)] == hashes
+    single = candidates(program, depth=1, families=["low_rank"], ranks=[2, 5], include_original=False)
+    assert [(c.rule, c.rule_params) for c in single] == [("low_rank", {"rank": 2}), ("low_rank", {"rank": 5})]
+
+
+def test_candidates_of_a_dense_site():
+    program = library.dense((4, 32), 24)
+    cands = candidates(program, depth=1, max_flops_ratio=None)
+    assert {c.rule for c in cands} == {"original", "low_rank", "grouped_shuffle"}
+
+
+def test_original_is_identified_and_initialised_unchanged():
+    program = library.conv2d((1, 3, 5, 5), 4, 3)
+    (orig,) = [c for c in candidates(program) if c.is_original]
+    w = random_weights(program, 0)
+    init = orig.init(program, w)
+    assert all(np.array_equal(init[k], w[k]) for k in w)
+
+
+# --- illegal requests ----------------------------------------------------------------------------------
+
+ILLEGAL = [
+    (CONV1D, "spatially_separable", {"mid": 2}, "needs 2"),
+    (library.conv2d((1, 4, 6, 6), 4, (3, 1)), "spatially_separable", {"mid": 2}, "already separable"),
+    (CONV, "low_rank", {"rank": 0}, "outside 1..8"),
+    (CONV, "low_rank", {"rank": 9}, "outside 1..8"),
+    (CONV, "low_rank", {}, "missing parameter"),
+    (CONV, "low_rank", {"rank": 2.5}, "must be an integer"),
+    (CONV, "low_rank", {"rank": 2, "width": 3}, "unknown parameter"),
+    (CONV, "grouped_shuffle", {"groups": 4}, "does not divide"),
+    (CONV, "grouped_shuffle", {"groups": 1}, "at least 2"),
+    (DENSE, "depthwise_separable", {}, "no window"),
+    (DENSE, "shift_pointwise", {}, "no window"),
+    (DENSE, "channel_bottleneck", {"rank": 2}, "its bottleneck is low_rank"),
+    (library.conv2d((1, 4, 6, 6), 4, 1), "shift_pointwise", {}, "single tap"),
+    (library.conv2d((1, 4, 6, 6), 8, 3, groups=2), "low_rank", {"rank": 2}, "groups == 1"),
+    (library.depthwise_conv2d((1, 4, 6, 6), 3), "depthwise_separable", {}, "groups == 1"),
+    (CONV, "channel_bottleneck", {"rank": 7}, "outside 1..6"),
+    (CONV, "depthwise_separable", {"multiplier": 10}, "outside 1..9"),
+    (CONV, "winograd", {}, "unknown rewrite rule"),
+]
+
+
+@pytest.mark.parametrize("program,rule,params,message", ILLEGAL, ids=[f"{c[1]}-{c[3]}" for c in ILLEGAL])
+def test_illegal_requests_raise_clear_errors(program, rule, params, message):
+    with pytest.raises(ValueError, match=message) as err:
+        apply(program, rule, **params)
+    if "unknown rewrite rule" not in message:
+        assert rule in str(err.value)
+
+
+def test_illegal_site_and_candidate_options():
+    with pytest.raises(ValueError, match="not a rewritable contraction"):
+        apply(CONV, "low_rank", site="window0", rank=2)
+    ds = apply(library.conv2d((1, 8, 6, 6), 8, 3), "depthwise_separable")
+    with pytest.raises(ValueError, match="legal at no site"):
+        ds.apply("shift_pointwise")  # neither the depthwise nor the pointwise part has a dense window
+    with pytest.raises(ValueError, match="unknown rewrite rule"):
+        candidates(CONV, families=["low_rank", "fft"])
+    with pytest.raises(ValueError, match="not sites"):
+        candidates(CONV, sites=["bias"])
+    with pytest.raises(ValueError, match="order"):
+        candidates(CONV, order="latency")
+    with pytest.raises(ValueError, match="derived from"):
+        apply(CONV, "low_rank", rank=2).init(DENSE, random_weights(DENSE, 0))
+    with pytest.raises(ValueError, match="missing"):
+        apply(CONV, "low_rank", rank=2).init(CONV, {"weight": random_weights(CONV, 0)["weight"]})
+
+
+def test_ambiguous_site_needs_a_name():
+    from gos_tvm.instructions import ProgramBuilder
+    b = ProgramBuilder("two_dense")
+    x = b.input("x", (2, 8))
+    y = b.contract(x, b.weight("w1", (8, 8)), spec="ak,ok->ao")
+    y = b.contract(y, b.weight("w2", (4, 8)), spec="ak,ok->ao")
+    program = b.build(y)
+    assert len(find_sites(program)) == 2
+    with pytest.raises(ValueError, match="several sites"):
+        apply(program, "low_rank", rank=2)
+    cand = apply(program, "low_rank", site="contract1", rank=2)
+    assert "w1" in cand.program.weights and "w2" not in cand.program.weights
