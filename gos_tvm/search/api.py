@@ -1,0 +1,226 @@
+"""`gos_tvm.tune`: the public entry point of the search, and its result."""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..report import plot_pareto, write_report
+from .gos import Decision, EvalFn, GOSearch, Predict, SearchOptions
+from .pareto import Configuration
+
+
+@dataclass
+class TuneResult:
+    """What `tune` found.
+
+    Attributes:
+        mod, params: the adapted Relax module and its parameters (the chosen configuration).
+        original_mod, original_params: what went in.
+        device: the device preset the latencies were measured on.
+        decisions: per site: kept or replaced, by which program, and why.
+        original_latency, adapted_latency: end-to-end measurements on the device (median, mean,
+            spread in seconds, `kernel_sum_s`: what the tuning database's best records add up to).
+        original_score, adapted_score: accuracy (or the user's score) of both.
+        pareto: the Pareto front of (latency, score) configurations; `chosen` is one of them.
+        database: the MetaSchedule database the adapted model was tuned into.
+        work_dir, report_path, plot_path: where everything is.
+    """
+
+    mod: Any
+    params: dict[str, np.ndarray]
+    original_mod: Any
+    original_params: dict[str, np.ndarray]
+    device: Any
+    decisions: list[Decision]
+    original_latency: dict
+    adapted_latency: dict
+    original_score: float
+    adapted_score: float
+    pareto: list[Configuration]
+    chosen: Configuration
+    configurations: list[Configuration]
+    database: Any
+    work_dir: Path
+    report_path: Path
+    plot_path: Path
+    seconds: float
+    device_measurements: int
+    _search: GOSearch = field(repr=False, default=None)
+
+    @property
+    def speedup(self) -> float:
+        return self.original_latency["median_s"] / self.adapted_latency["median_s"]
+
+    def build(self, config: Configuration | None = None):
+        """(mod, params) of `config` (default: the chosen one), e.g. any point of `pareto`."""
+        return self._search.adapted((config or self.chosen).choices)
+
+    def compile(self, config: Configuration | None = None):
+        """The device executable of `config`, with the tuned schedules applied."""
+        from ..hw import compile_tuned
+
+        mod, params = self.build(config)
+        name = "adapted" if (config is None or config.key == self.chosen.key) else "original"
+        db = self._search.database(name) if any((config or self.chosen).choices.values()) \
+            else self._search.database("original")
+        return compile_tuned(mod, params, self.device, db)
+
+    def export_library(self, path: str | os.PathLike, config: Configuration | None = None) -> Path:
+        """Write the device's shared library (cross-compiled for board presets)."""
+        from ..hw import export_module  # noqa: F401 - export goes through the preset's compiler
+
+        executable = self.compile(config)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        executable.export_library(str(path), fcompile=self.device.export)
+        return path
+
+    def summary(self) -> str:
+        o, a = self.original_latency, self.adapted_latency
+        emulated = " (EMULATED device: not board timings)" if self.device.emulated else ""
+        lines = [f"device: {self.device.name} — {self.device.label}{emulated}",
+                 f"original: {o['median_s'] * 1e3:.3f} ms median, score {self.original_score:.4f}",
+                 f"adapted:  {a['median_s'] * 1e3:.3f} ms median, score {self.adapted_score:.4f}",
+                 f"speedup:  {self.speedup:.2f}x   ({self.device_measurements} device measurements, "
+                 f"{self.seconds:.0f} s)"]
+        for d in self.decisions:
+            what = f"-> {d.rule}" if d.choice else "kept"
+            lines.append(f"  {d.site:<28} {d.kind:<9} {what:<34} {d.reason}")
+        return "\n".join(lines)
+
+
+def _classification_eval(val_data: tuple[np.ndarray, np.ndarray]) -> EvalFn:
+    x, y = (np.asarray(a) for a in val_data)
+
+    def evaluate(predict: Predict) -> float:
+        return float((predict(x).argmax(-1) == y).mean())
+
+    return evaluate
+
+
+@contextlib.contextmanager
+def _device_pool(tracker, key: str | None, device):
+    """The given tracker, or a local tracker and server on loopback started for this run."""
+    if tracker is not None:
+        host, port = tracker if not isinstance(tracker, str) else (tracker.rsplit(":", 1)[0],
+                                                                   int(tracker.rsplit(":", 1)[1]))
+        from ..hw import require_servers
+
+        k = key or device.key
+        require_servers(host, int(port), k, 1)
+        yield (host, int(port)), k
+        return
+    if not device.is_local:
+        raise ValueError(f"device {device.name!r} is not this machine: pass tracker=(host, port) of the RPC "
+                         "tracker its servers registered with (see rpc/README.md)")
+    from ..hw import LocalDevicePool
+
+    with LocalDevicePool(key or device.key, n_servers=1) as pool:
+        yield pool.tracker, pool.key
+
+
+def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | None = None,
+         calib_data: np.ndarray, val_data: tuple[np.ndarray, np.ndarray] | None = None,
+         eval_fn: EvalFn | None = None, accuracy_budget: float = 0.01,
+         tracker: tuple[str, int] | str | None = None, key: str | None = None,
+         trials: int = 64, kernel_trials: int = 16, work_dir: str | os.PathLike = "gos_work", seed: int = 0,
+         example_inputs: Any = None, warm_start: str | os.PathLike | None = None, **options: Any) -> TuneResult:
+    """Adapt a model to a device by Grassroots Operator Search.
+
+    Args:
+        mod: the Relax module from `gos_tvm.from_torch` / `from_onnx` (with `params`), or a
+            `torch.nn.Module` (imported with `example_inputs`, default `calib_data[:1]`).
+        target: a device preset name ('local', 'rasp3b', 'rasp3b-aarch64', 'redmi-note-7s') or Preset.
+        calib_data: model inputs (N, ...) whose activations the replacements are fitted to.
+        val_data: (x, y) for classification accuracy; or `eval_fn(predict) -> score` (higher is
+            better; e.g. minus the mean absolute error) where predict maps inputs to outputs.
+        accuracy_budget: the largest allowed drop of the score (0.01 = one percentage point).
+        tracker, key: the RPC tracker `(host, port)` and device key; None starts a tracker and a
+            server on loopback (local device only).
+        trials: MetaSchedule trials for each whole model (the original and the adapted, same budget).
+        kernel_trials: trials for each site's and each candidate's kernel.
+        work_dir: where everything is kept; rerunning with the same arguments resumes.
+        options: further `SearchOptions` (max_sites, tries_per_site, measure_per_site,
+            max_flops_ratio, depth, fit_steps, calib_samples, generations, population, repeat).
+    """
+    from .. import graph
+    from ..hw import resolve_preset
+
+    device = resolve_preset(target)
+    if eval_fn is None:
+        if val_data is None:
+            raise ValueError("give val_data=(x, y) for classification accuracy, or eval_fn(predict) -> score")
+        eval_fn = _classification_eval(val_data)
+    if not 0 <= accuracy_budget < float("inf"):
+        raise ValueError(f"accuracy_budget must be >= 0, got {accuracy_budget}")
+    calib = np.asarray(calib_data, dtype="float32")
+    if calib.ndim < 2 or len(calib) < 2:
+        raise ValueError(f"calib_data must be a batch of model inputs (N, ...) with N >= 2, got shape {calib.shape}")
+    if hasattr(mod, "state_dict") and hasattr(mod, "forward"):  # a torch module
+        import torch
+
+        example = example_inputs if example_inputs is not None else torch.from_numpy(calib[:1])
+        mod, params = graph.from_torch(mod.eval(), example)
+    elif params is None:
+        params = {}
+    unknown = set(options) - set(SearchOptions.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}; options are {list(SearchOptions.__dataclass_fields__)}")
+    opts = SearchOptions(trials=trials, kernel_trials=kernel_trials, seed=seed, **options)
+
+    with _device_pool(tracker, key, device) as (trk, k):
+        search = GOSearch(mod, params, device, calib_data=calib, evaluate=eval_fn,
+                          accuracy_budget=accuracy_budget, tracker=trk, key=k, work_dir=work_dir, options=opts,
+                          warm_start=warm_start)
+        try:
+            out = search.run()
+        finally:
+            search.close()
+    chosen: Configuration = out["chosen"]
+    adapted_mod, adapted_params = search.adapted(chosen.choices)
+    decisions = [Decision(**{k: v for k, v in d.items() if k in Decision.__dataclass_fields__})
+                 for d in search.state["decisions"].values()]
+    floor = out["original_score"] - accuracy_budget
+    report = {
+        "device": {**device_info(device)},
+        "original": {"latency": out["baseline"], "score": out["original_score"]},
+        "adapted": {"latency": out["adapted"], "score": out["adapted_score"]},
+        "speedup": out["baseline"]["median_s"] / out["adapted"]["median_s"],
+        "accuracy_budget": accuracy_budget,
+        "decisions": [vars(d) for d in decisions],
+        "skipped_sites": [vars(s) for s in search.analysis.skipped],
+        "pareto": [vars(c) for c in out["front"]],
+        "chosen": vars(chosen),
+        "configurations": len(out["configs"]),
+        "device_measurements": len(search.store.measurements),
+        "search_seconds": out["seconds"],
+        "options": vars(opts),
+    }
+    report_path = write_report(search.store.path / "report.json", report)
+    plot_path = plot_pareto(search.store.path / "pareto.png", out["configs"], out["front"], chosen, floor,
+                            title=f"GOS on {device.name}" + (" (emulated)" if device.emulated else ""))
+    return TuneResult(adapted_mod, dict(adapted_params), search.mod, search.params, device, decisions,
+                      out["baseline"], out["adapted"], out["original_score"], out["adapted_score"], out["front"],
+                      chosen, out["configs"], search.database("adapted" if any(chosen.choices.values())
+                                                              else "original"),
+                      search.store.path, report_path, plot_path, out["seconds"], len(search.store.measurements),
+                      search)
+
+
+def device_info(device) -> dict:
+    import platform
+
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"preset": device.name, "label": device.label, "target": str(device.target),
+            "emulated": device.emulated, "host_cpu": cpu, "host_cores": os.cpu_count(),
+            "host": platform.platform()}
