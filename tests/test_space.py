@@ -226,6 +226,9 @@ def test_low_rank_on_the_pointwise_part_of_depthwise_separable():
     kinds = sorted((s.kind, s.groups, s.in_channels, s.out_channels) for s in find_sites(ds_lr.program))
     assert kinds == [("conv", 8, 8, 8), ("linear", 1, 4, 16), ("linear", 1, 8, 4)]
     assert ds_lr.flops < ds.flops < program.flops
+    # candidates() composes the same way: the pointwise part is a site created by the first rewrite.
+    assert ds_lr.structural_hash in {c.structural_hash for c in candidates(program, ranks=[4])}
+    assert [s.contract for s in ds.new_sites()] == [s.contract for s in find_sites(ds.program)]
     # Exact when the original weight is a depthwise-separable one with a rank-4 pointwise part.
     rng = np.random.default_rng(0)
     pw = rng.standard_normal((16, 4)) @ rng.standard_normal((4, 8))

@@ -112,8 +112,10 @@ class Candidate:
         sites = find_sites(self.program)
         if not self.steps:
             return sites
-        old = {n.name for n in self.steps[-1].before.nodes}
-        return [s for s in sites if s.contract not in old]
+        # Compare nodes by value, not name: the replacement's last node takes the name of the
+        # site's result, so a name can survive a rewrite while the node behind it is new.
+        old = set(self.steps[-1].before.nodes)
+        return [s for s in sites if self.program.node(s.contract) not in old]
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.rule_params.items())
