@@ -53,7 +53,7 @@ def _rows(t: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 def refit_output_linear(program: OpProgram, weights: Mapping[str, np.ndarray], inputs: list[torch.Tensor],
-                        targets: torch.Tensor, ridge: float = 1e-6) -> dict[str, np.ndarray] | None:
+                        targets: torch.Tensor, ridge: float = 1e-6, batch: int = 64) -> dict[str, np.ndarray] | None:
     """`weights` with the final pointwise map (and bias) solved by least squares, or None if not applicable.
 
     Args:
@@ -63,24 +63,33 @@ def refit_output_linear(program: OpProgram, weights: Mapping[str, np.ndarray], i
         targets: target chunks from `batched.stack_outputs`.
         ridge: Tikhonov regularisation relative to the mean feature energy; keeps the
             solve well posed when features are rank deficient (e.g. zero-padded ranks).
+        batch: chunks per step of the accumulation.
     """
     found = output_linear(program)
     if found is None:
         return None
     site, bias = found
     features = subprogram(program, site.source)
+    module = to_torch(features, {k: weights[k] for k in features.weights})
+    # Accumulate the normal equations batch by batch: the rows (samples x positions) of a
+    # real layer do not fit in memory at once, the (C+1)^2 Gram matrix always does.
+    dim = site.in_channels + (bias is not None)
+    gram = torch.zeros(dim, dim, dtype=torch.float64)
+    rhs = torch.zeros(dim, site.out_channels, dtype=torch.float64)
     with torch.no_grad():
-        if site.source in program.inputs:
-            f = inputs[list(program.inputs).index(site.source)]
-        else:
-            f = batched.run(to_torch(features, {k: weights[k] for k in features.weights}), inputs)
-    x = _rows(f, site.channel_axis)
-    y = _rows(targets, site.channel_axis)
-    if bias is not None:
-        x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
-    gram = x.T @ x
-    gram += ridge * gram.diagonal().mean().clamp_min(1e-30) * torch.eye(gram.shape[0], dtype=gram.dtype)
-    sol = torch.linalg.solve(gram, x.T @ y)  # (C [+1], O)
+        for i in range(0, targets.shape[0], batch):
+            chunk = [t[i:i + batch] for t in inputs]
+            if site.source in program.inputs:
+                f = chunk[list(program.inputs).index(site.source)]
+            else:
+                f = batched.run(module, chunk, batch)
+            x = _rows(f, site.channel_axis)
+            if bias is not None:
+                x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+            gram += x.T @ x
+            rhs += x.T @ _rows(targets[i:i + batch], site.channel_axis)
+    gram += ridge * gram.diagonal().mean().clamp_min(1e-30) * torch.eye(dim, dtype=gram.dtype)
+    sol = torch.linalg.solve(gram, rhs)  # (C [+1], O)
     out = dict(weights)
     out[site.weight] = site.stored_weight(sol[:site.in_channels].T.numpy(), program.weights[site.weight])
     if bias is not None:
