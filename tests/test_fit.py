@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gos_tvm.fit import capture, evaluate, fit, layer_program, output_linear, rel_error
-from gos_tvm.instructions import library, to_torch
+from gos_tvm.instructions import library
 from gos_tvm.space import apply, candidates
 from gos_tvm.space.factor import shift_taps
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gos_tvm.instructions import OpProgram, compile_program, library, to_torch
+from gos_tvm.instructions import OpProgram, ProgramBuilder, compile_program, library, to_torch
 from gos_tvm.space import RULES, Candidate, apply, candidates, find_sites, match_site
 from gos_tvm.space.factor import shift_taps
 
@@ -60,11 +60,42 @@ def test_non_sites_are_not_matched():
     assert match_site(program, "window0") is None
     assert match_site(program, "no_such_node") is None
     # Both operands are data: no weight, no site.
-    from gos_tvm.instructions import ProgramBuilder
     b = ProgramBuilder("gram")
     x = b.input("x", (4, 3))
     y = b.input("y", (3, 5))
     assert find_sites(b.build(b.contract(x, y, spec="ab,bc->ac"))) == []
+
+
+# --- random legal sites for each family -------------------------------------------------------
+
+
+@st.composite
+def sites(draw, kinds=("conv2d", "conv1d", "dense"), window=False, two_d=False, even=False):
+    """A small random operator that the family can rewrite."""
+    kind = draw(st.sampled_from(["conv2d"] if two_d else list(kinds)))
+    mult = 4 if even else 1
+    c = mult * draw(st.integers(1, 8 // mult)) if even else draw(st.integers(2, 6))
+    o = mult * draw(st.integers(1, 8 // mult)) if even else draw(st.integers(2, 6))
+    if kind == "dense":
+        return library.dense((draw(st.integers(1, 3)), c), o, bias=draw(st.booleans()))
+    nsp = 2 if kind == "conv2d" else 1
+    lo = 2 if window else 1
+    k = tuple(draw(st.integers(lo, 3)) for _ in range(nsp))
+    s = tuple(draw(st.integers(1, 2)) for _ in range(nsp))
+    d = tuple(draw(st.integers(1, 2)) for _ in range(nsp))
+    p = tuple(draw(st.integers(0, 2)) for _ in range(nsp))
+    size = tuple(draw(st.integers(5, 8)) for _ in range(nsp))
+    return library.conv((draw(st.integers(1, 2)), c, *size), o, k, s, p, d, bias=draw(st.booleans()))
+
+
+FAMILY_SITES = {
+    "low_rank": sites(),
+    "depthwise_separable": sites(kinds=("conv2d", "conv1d"), window=True),
+    "spatially_separable": sites(two_d=True, window=True),
+    "grouped_shuffle": sites(even=True),
+    "shift_pointwise": sites(kinds=("conv2d", "conv1d"), window=True),
+    "channel_bottleneck": sites(kinds=("conv2d", "conv1d"), window=True),
+}
 
 
 # --- each family is exact on its own members ---------------------------------------------------
@@ -80,7 +111,8 @@ def family_member(rule: str, site_weight_shape: tuple, params: dict, rng: np.ran
     o, c, kernel = site_weight_shape[0], site_weight_shape[1], site_weight_shape[2:]
     n = rng.standard_normal
     if rule == "low_rank":
-        return (n((o, params["rank"])) @ n((params["rank"], int(np.prod(kernel, dtype=int)) * c))).reshape(o, c, *kernel)
+        r = params["rank"]
+        return (n((o, r)) @ n((r, c * int(np.prod(kernel, dtype=int))))).reshape(o, c, *kernel)
     if rule == "depthwise_separable":
         return np.einsum("oc,ck->ock", n((o, c)), n((c, int(np.prod(kernel))))).reshape(o, c, *kernel)
     if rule == "spatially_separable":
@@ -132,6 +164,24 @@ def test_closed_form_init_is_exact_on_the_family(rule, program, params):
     assert rel(run_torch(cand.program, init, x), run_torch(program, w, x)) < 1e-5
 
 
+@pytest.mark.parametrize("family", list(RULES))
+def test_closed_form_init_is_exact_on_random_sites(family):
+    """Every candidate of the family, on random legal sites, reproduces a weight drawn from the family."""
+    @settings(max_examples=5, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(program=FAMILY_SITES[family], seed=st.integers(0, 2**16))
+    def check(program, seed):
+        rng = np.random.default_rng(seed)
+        (site,) = find_sites(program)
+        for cand in candidates(program, families=[family], depth=1, max_flops_ratio=None, include_original=False):
+            w = {k: rng.standard_normal(s).astype(np.float32) for k, s in program.weights.items()}
+            member = family_member(family, site.effective_shape, cand.rule_params, rng)
+            w["weight"] = member.reshape(program.weights["weight"]).astype(np.float32)
+            x = rng.standard_normal(program.inputs["x"]).astype(np.float32)
+            assert rel(run_torch(cand.program, cand.init(program, w), x), run_torch(program, w, x)) < 1e-4, cand
+
+    check()
+
+
 def test_closed_form_init_is_the_best_rank_r_approximation():
     """Eckart–Young: low_rank's init error equals the discarded singular values' energy."""
     w = random_weights(CONV, 1)
@@ -147,35 +197,6 @@ def test_closed_form_init_is_the_best_rank_r_approximation():
 
 
 # --- TVM build and torch lowering agree, on random legal sites ----------------------------------
-
-
-@st.composite
-def sites(draw, kinds=("conv2d", "conv1d", "dense"), window=False, two_d=False, even=False):
-    """A small random operator that the family can rewrite."""
-    kind = draw(st.sampled_from(["conv2d"] if two_d else list(kinds)))
-    mult = 4 if even else 1
-    c = mult * draw(st.integers(1, 8 // mult)) if even else draw(st.integers(2, 6))
-    o = mult * draw(st.integers(1, 8 // mult)) if even else draw(st.integers(2, 6))
-    if kind == "dense":
-        return library.dense((draw(st.integers(1, 3)), c), o, bias=draw(st.booleans()))
-    nsp = 2 if kind == "conv2d" else 1
-    lo = 2 if window else 1
-    k = tuple(draw(st.integers(lo, 3)) for _ in range(nsp))
-    s = tuple(draw(st.integers(1, 2)) for _ in range(nsp))
-    d = tuple(draw(st.integers(1, 2)) for _ in range(nsp))
-    p = tuple(draw(st.integers(0, 2)) for _ in range(nsp))
-    size = tuple(draw(st.integers(5, 8)) for _ in range(nsp))
-    return library.conv((draw(st.integers(1, 2)), c, *size), o, k, s, p, d, bias=draw(st.booleans()))
-
-
-FAMILY_SITES = {
-    "low_rank": sites(),
-    "depthwise_separable": sites(kinds=("conv2d", "conv1d"), window=True),
-    "spatially_separable": sites(two_d=True, window=True),
-    "grouped_shuffle": sites(even=True),
-    "shift_pointwise": sites(kinds=("conv2d", "conv1d"), window=True),
-    "channel_bottleneck": sites(kinds=("conv2d", "conv1d"), window=True),
-}
 
 
 def check_te_matches_torch(cands: list[Candidate], seed: int) -> None:
@@ -340,7 +361,6 @@ def test_illegal_site_and_candidate_options():
 
 
 def test_ambiguous_site_needs_a_name():
-    from gos_tvm.instructions import ProgramBuilder
     b = ProgramBuilder("two_dense")
     x = b.input("x", (2, 8))
     y = b.contract(x, b.weight("w1", (8, 8)), spec="ak,ok->ao")

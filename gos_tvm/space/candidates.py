@@ -188,7 +188,8 @@ class Candidate:
                                  f"({[s.contract for s in legal]}); pass site=")
         if not problems:
             raise ValueError(f"program '{self.program.name}' has no rewritable site")
-        raise ValueError(f"{rule} is legal at no site of '{self.program.name}':\n  " + "\n  ".join(dict.fromkeys(problems)))
+        reasons = "\n  ".join(dict.fromkeys(problems))
+        raise ValueError(f"{rule} is legal at no site of '{self.program.name}':\n  {reasons}")
 
 
 def apply(program: OpProgram | Candidate, rule: str, site: str | Site | None = None, **params: Any) -> Candidate:
