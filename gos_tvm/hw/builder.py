@@ -50,7 +50,8 @@ class WarmBuilder(PyBuilder):
     export_format:
         'so' (link on the host; default) or 'tar' (object files; the RPC server links them).
     maximum_process_uses:
-        Builds after which a worker is restarted (None: never, except on timeout/crash).
+        Builds after which a worker is restarted (None: never, except on timeout/crash); the warm-up
+        counts as one use.
     max_worker_rss_mb:
         After a batch, workers above this resident memory are restarted (None: no check).
     warm:

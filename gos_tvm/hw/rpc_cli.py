@@ -28,28 +28,35 @@ def _install_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise)
 
 
+def _serve_forever(thread) -> int:
+    """Block on the serving thread until SIGINT/SIGTERM, then exit at once (the thread never ends)."""
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    sys.stdout.flush()
+    os._exit(0)
+
+
 def run_tracker(args: argparse.Namespace) -> int:
     import logging
 
-    from tvm.rpc.tracker import Tracker
+    from tvm.rpc import tracker as tvm_tracker
 
     logging.basicConfig(level=logging.WARNING if args.silent else logging.INFO)
     _install_sigterm()
-    tracker = Tracker(args.host, port=args.port, port_end=_port_end(args.port, args.port_end), silent=args.silent)
-    print(f"RPC tracker listening on {args.host}:{tracker.port}", flush=True)
-    try:
-        tracker.proc.join()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        tracker.terminate()
-    return 0
+    # Serve in this process (TVM's Tracker class would start a second Python process for it).
+    port, _ = tvm_tracker._popen_start_tracker_server(  # noqa: SLF001 - what tvm.rpc.Tracker runs
+        args.host, args.port, _port_end(args.port, args.port_end), args.silent)
+    print(f"RPC tracker listening on {args.host}:{port}", flush=True)
+    return _serve_forever(tvm_tracker.PopenTrackerServerState.current.thread)
 
 
 def run_server(args: argparse.Namespace) -> int:
     import logging
 
-    from tvm import rpc
+    from tvm.rpc import server as tvm_server
 
     from .tracker import DeviceUnavailableError, connect_tracker_socket
 
@@ -80,18 +87,15 @@ def run_server(args: argparse.Namespace) -> int:
                     return 1
                 time.sleep(0.25)
     _install_sigterm()
-    server = rpc.Server(args.host, args.port, _port_end(args.port, args.port_end), key=args.key or "",
-                        tracker_addr=tracker_addr, load_library=args.load_library, custom_addr=args.custom_addr,
-                        silent=args.silent, no_fork=args.no_fork)
+    # Serve in this process (TVM's Server class would start a second Python process for it); each
+    # session is still served in a forked child, as TVM does.
+    port = tvm_server._popen_start_rpc_server(  # noqa: SLF001 - what tvm.rpc.Server runs
+        args.host, args.port, _port_end(args.port, args.port_end), tracker_addr=tracker_addr,
+        key=args.key or "", load_library=args.load_library, custom_addr=args.custom_addr, silent=args.silent,
+        no_fork=args.no_fork)
     where = f"tracker {args.tracker} under key '{args.key}'" if tracker_addr else "no tracker (direct connections)"
-    print(f"RPC server listening on {args.host}:{server.port}, registered with {where}", flush=True)
-    try:
-        server.proc.join()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.terminate()
-    return 0
+    print(f"RPC server listening on {args.host}:{port}, registered with {where}", flush=True)
+    return _serve_forever(tvm_server.PopenRPCServerState.current.thread)
 
 
 def run_query(args: argparse.Namespace) -> int:
