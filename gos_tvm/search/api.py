@@ -173,10 +173,11 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
         raise TypeError(f"unknown option(s) {sorted(unknown)}; options are {list(SearchOptions.__dataclass_fields__)}")
     opts = SearchOptions(trials=trials, kernel_trials=kernel_trials, seed=seed, **options)
 
+    # The work directory is checked (a different model or device is refused) before any device starts.
+    search = GOSearch(mod, params, device, calib_data=calib, evaluate=eval_fn, accuracy_budget=accuracy_budget,
+                      work_dir=work_dir, options=opts, warm_start=warm_start)
     with _device_pool(tracker, key, device) as (trk, k):
-        search = GOSearch(mod, params, device, calib_data=calib, evaluate=eval_fn,
-                          accuracy_budget=accuracy_budget, tracker=trk, key=k, work_dir=work_dir, options=opts,
-                          warm_start=warm_start)
+        search.tracker, search.key = trk, k
         try:
             out = search.run()
         finally:

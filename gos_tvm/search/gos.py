@@ -48,7 +48,7 @@ class SearchOptions:
     trials: int = 64                 # MetaSchedule trials for each whole model (original and adapted)
     kernel_trials: int = 16          # MetaSchedule trials for each site / candidate kernel
     max_sites: int | None = None     # replace at most this many sites (None: all)
-    tries_per_site: int = 4          # candidates fitted and accuracy-checked per site
+    tries_per_site: int = 6          # candidates fitted and accuracy-checked per site (bisection steps)
     measure_per_site: int = 2        # accurate candidates tuned and measured per site
     max_flops_ratio: float = 0.6     # candidates keep at most this share of the site's FLOPs
     depth: int = 2                   # rewrite chains up to this length (2: compositions)
@@ -79,8 +79,9 @@ class GOSearch:
     """One GOS run: holds the model, the device, the work directory and the search state."""
 
     def __init__(self, mod, params: Mapping[str, np.ndarray], device, *, calib_data: np.ndarray,
-                 evaluate: EvalFn, accuracy_budget: float, tracker: tuple[str, int], key: str,
-                 work_dir: str | Path, options: SearchOptions, warm_start: str | Path | None = None):
+                 evaluate: EvalFn, accuracy_budget: float, work_dir: str | Path, options: SearchOptions,
+                 tracker: tuple[str, int] | None = None, key: str | None = None,
+                 warm_start: str | Path | None = None):
         from .. import graph
         from ..hw import resolve_preset
 
@@ -89,7 +90,7 @@ class GOSearch:
         self.calib = np.asarray(calib_data, dtype="float32")[: options.calib_samples]
         self.evaluate_fn = evaluate
         self.budget = float(accuracy_budget)
-        self.tracker, self.key = tuple(tracker), key
+        self.tracker, self.key = tracker, key  # set by `tune` once the device pool is up
         self.opt = options
         self.analysis = graph.analyze(mod, self.params)
         self.sites = {s.id: s for s in self.analysis.sites}
@@ -142,7 +143,7 @@ class GOSearch:
 
     def kernel_latencies(self, programs: Mapping[str, OpProgram]) -> dict[str, float]:
         """Tuned latency (s) of each program as a kernel on the device; measured once, ever."""
-        from ..hw import database_records, tune_primfuncs
+        from ..hw import tune_primfuncs
 
         out, todo = {}, {}
         for name, program in programs.items():
@@ -156,20 +157,16 @@ class GOSearch:
             db = self.database("kernels")
             funcs = {f"k{p.structural_hash}": to_te(p) for p in todo.values()}
             # A run killed mid-tuning left records in the database: only the rest of the budget is spent.
-            done = min(len(database_records(db, f.with_attr("global_symbol", n))) for n, f in funcs.items())
+            done = min(_records_of(db, f, n) for n, f in funcs.items())
             trials = max(self.opt.kernel_trials - done, 0)
             if trials:
                 tune_primfuncs(funcs, self.device, trials_per_task=trials,
                                trials_per_iter=min(8, trials), database=db, builder=self.builder(),
                                runner=self.runner(), seed=self.opt.seed,
                                work_dir=str(self.store.database_dir / "kernels"))
-            from ..hw import best_record
-
             for name, program in todo.items():
                 fname = f"k{program.structural_hash}"
-                lat, _ = best_record(db, funcs[fname].with_attr("global_symbol", fname))
-                if not math.isfinite(lat):
-                    lat = float("inf")
+                lat = _best_latency(db, funcs[fname], self.device.target, fname)
                 self.store.record_measurement(f"kernel:{program.structural_hash}", kind="kernel",
                                               latency_s=lat, program=program.name, trials=self.opt.kernel_trials)
                 if math.isfinite(lat):
@@ -179,27 +176,34 @@ class GOSearch:
 
     def model_latency(self, name: str, mod, params) -> dict:
         """Tune (budget `trials`), compile with the database applied, and measure end to end."""
-        from ..hw import compile_tuned, database_records, measure_module, tune_module
+        from ..hw import compile_tuned, measure_module, tune_module
         from ..hw.tuning import prepare_relax
 
         key = f"model:{name}:{_fingerprint(mod, params)}"
         row = self.store.measured(key)
         if row is not None:
             return row
+        from tvm.s_tir import meta_schedule as ms
+
         db = self.database(name)
-        done = len(database_records(db))
+        prepared = prepare_relax(mod, params, self.device.target)
+        n_tasks = len(ms.relax_integration.extract_tasks(prepared, self.device.target))
+        done = len(db.get_all_tuning_records())
         if self.opt.trials - done > 0:
+            # MetaSchedule's scheduler first visits every task once with one batch: a batch small
+            # enough for the budget to reach every task, or the last kernels stay untuned.
+            per_iter = max(2, min(16, self.opt.trials // max(n_tasks, 1)))
             tune_module(mod, params, self.device, builder=self.builder(), runner=self.runner(),
-                        trials=self.opt.trials - done, trials_per_iter=8, database=db,
+                        trials=self.opt.trials - done, trials_per_iter=per_iter, database=db,
                         work_dir=str(self.store.database_dir / name), seed=self.opt.seed)
         executable = compile_tuned(mod, params, self.device, db)
         x = self.calib[:1]
         stats = measure_module(executable, self.device, self.tracker, self.key, [x], repeat=self.opt.repeat,
                                number=5, fetch_outputs=True)
-        kernels = _database_kernel_sum(prepare_relax(mod, params, self.device.target), self.device.target, db)
+        kernels = _database_kernel_sum(prepared, self.device.target, db)
         return self.store.record_measurement(
-            key, kind="model", name=name, **stats.to_json(), kernel_sum_s=kernels,
-            trials=len(database_records(db)), outputs_head=np.ravel(stats.outputs[0])[:16].tolist())
+            key, kind="model", name=name, **stats.to_json(), kernel_sum_s=kernels, tasks=n_tasks,
+            trials=len(db.get_all_tuning_records()), outputs_head=np.ravel(stats.outputs[0])[:16].tolist())
 
     # ------------------------------------------------------------------ accuracy and fitting
 
@@ -326,9 +330,10 @@ class GOSearch:
                 continue
             ranking, how = self.cost_model.rank([c.program for c in cands])
             decision["ranking"] = how
-            accurate = []
-            for idx in ranking[: opt.tries_per_site]:
-                cand = cands[idx]
+            accurate = []  # (position in the ranking, candidate, key)
+
+            def attempt(pos: int) -> bool:
+                cand = cands[ranking[pos]]
                 ckey = f"{site_id}:{cand.structural_hash}"
                 self.state["candidates"].setdefault(ckey, {
                     "site": site_id, "hash": cand.structural_hash, "rule": cand.rule,
@@ -338,18 +343,28 @@ class GOSearch:
                 if "fit" not in info:
                     info["fit"] = self.fit_candidate(site_id, cand, choices)
                     self.save()
-                trial = {**choices, site_id: ckey}
-                acc = self.score(trial)
-                tried = {"candidate": ckey, "rule": cand.rule, "flops": cand.flops,
-                         "fit_rel_error": info["fit"]["rel_error"], "score": acc}
-                if acc < floor:
-                    tried["verdict"] = f"rejected: score {acc:.4f} below {floor:.4f}"
-                else:
-                    accurate.append((cand, ckey))
-                    tried["verdict"] = "accurate"
+                acc = self.score({**choices, site_id: ckey})
+                ok = acc >= floor
+                tried = {"candidate": ckey, "rule": cand.rule, "params": info["params"], "flops": cand.flops,
+                         "rank": pos, "fit_rel_error": info["fit"]["rel_error"], "score": acc,
+                         "verdict": "accurate" if ok else f"rejected: score {acc:.4f} below {floor:.4f}"}
                 decision["tried"] = [t for t in decision["tried"] if t["candidate"] != ckey] + [tried]
-                if len(accurate) >= opt.measure_per_site:
-                    break
+                if ok:
+                    accurate.append((pos, cand, ckey))
+                return ok
+
+            # Accuracy grows, roughly, with cost: bisect the latency ranking for the cheapest
+            # candidate that keeps the score within the budget, starting from the most capable.
+            lo, hi, tries = 0, len(ranking) - 1, 1
+            if attempt(hi):
+                while lo < hi and tries < opt.tries_per_site:
+                    mid = (lo + hi) // 2
+                    tries += 1
+                    if attempt(mid):
+                        hi = mid
+                    else:
+                        lo = mid + 1
+            accurate = [(c, k) for _, c, k in sorted(accurate, key=lambda a: a[0])[: opt.measure_per_site]]
             if accurate:
                 lat = self.kernel_latencies({ck: c.program for c, ck in accurate})
                 best = min(accurate, key=lambda cc: lat[cc[1]])
@@ -479,16 +494,40 @@ def _predictor(vm) -> Predict:
     return predict
 
 
+def _kernel_mod(func, symbol: str = "main"):
+    """The workload module MetaSchedule stores for a kernel tuned under the name `symbol`."""
+    import tvm
+
+    if isinstance(func, tvm.IRModule):
+        return func
+    return tvm.IRModule({"main": func.with_attr("global_symbol", symbol)})
+
+
+def _records_of(database, func, symbol: str) -> int:
+    """Measured records of one kernel in a database (0 if it was never tuned)."""
+    mod = _kernel_mod(func, symbol)
+    if not database.has_workload(mod):
+        return 0
+    return len(database.get_top_k(database.commit_workload(mod), 1 << 20))
+
+
+def _best_latency(database, func, target, symbol: str = "main") -> float:
+    """The best measured mean latency (s) of a kernel in a database; inf if none ran."""
+    record = database.query_tuning_record(_kernel_mod(func, symbol), target, "main")
+    if record is None or not record.run_secs:
+        return float("inf")
+    return float(np.mean([float(s) for s in record.run_secs]))
+
+
 def _database_kernel_sum(prepared, target, database) -> float:
     """What the database's best records add up to for one run of the module: sum over its tuning
     tasks of (best measured latency x times the task runs)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from ..hw import best_record
-
     total = 0.0
     for task in ms.relax_integration.extract_tasks(prepared, target):
-        func = task.dispatched[0]
-        lat, _ = best_record(database, func)
+        lat = _best_latency(database, task.dispatched[0], target)
+        if not math.isfinite(lat):
+            return float("nan")  # a kernel without a record: no database estimate for the module
         total += task.weight * lat
     return total

@@ -1,0 +1,152 @@
+"""The GOS search end to end on a CNN trained here on scikit-learn's digits, measured on this
+machine as an RPC device: killed mid-search, resumed, faster, accurate, exportable."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+import gos_tvm
+from gos_tvm import graph, models
+
+BUDGET = dict(trials=32, kernel_trials=8, max_sites=2)
+CLI_BUDGET = ["--trials", "32", "--kernel-trials", "8", "--max-sites", "2"]
+
+
+def _log_keys(work_dir: Path) -> list[str]:
+    path = work_dir / "measurements.jsonl"
+    if not path.exists():
+        return []
+    keys = []
+    for line in path.read_text().splitlines():
+        try:
+            keys.append(json.loads(line)["key"])
+        except json.JSONDecodeError:
+            pass
+    return keys
+
+
+def _kill_tree(pid: int) -> None:
+    parent = psutil.Process(pid)
+    procs = parent.children(recursive=True) + [parent]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """Start `gos-tvm tune`, kill it (and its tracker and server) once the greedy phase is under
+    way, then finish the same search in this process."""
+    work = tmp_path_factory.mktemp("gos")
+    cmd = [sys.executable, "-m", "gos_tvm.cli", "tune", "--work-dir", str(work), *CLI_BUDGET]
+    log = open(work / "killed_run.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 900
+    killed = False
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = work / "state.json"
+            greedy_started = state.exists() and json.loads(state.read_text() or "{}").get("candidates")
+            if greedy_started:
+                _kill_tree(proc.pid)
+                killed = True
+                break
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            _kill_tree(proc.pid)
+        log.close()
+    assert killed, "the search finished or stalled before it could be killed:\n" + \
+        (work / "killed_run.log").read_text()[-3000:]
+    before = _log_keys(work)
+
+    model, split = models.trained_model("digits-cnn", work / "models")  # cached by the killed run
+    mod, params = gos_tvm.from_torch(model, torch.from_numpy(split.x_train[:1]))
+    result = gos_tvm.tune(mod, "local", params=params, calib_data=split.x_train,
+                          val_data=(split.x_val, split.y_val), accuracy_budget=0.01, work_dir=work, **BUDGET)
+    print(result.summary())
+    return result, before, split
+
+
+def test_killed_run_resumes_without_repeating_measurements(resumed):
+    result, before, _ = resumed
+    assert before, "the killed run had measured nothing"
+    keys = _log_keys(result.work_dir)
+    assert len(keys) == len(set(keys)), "a device measurement was repeated"
+    assert set(before) <= set(keys)
+    assert not set(before) & set(result._search.store.new_measurements)
+    # MetaSchedule trials were not spent twice either: the original model's database holds no
+    # more than its budget (plus one partial batch).
+    records = result._search.database("original").get_all_tuning_records()
+    assert len(records) <= BUDGET["trials"] + 16
+
+
+def test_adapted_model_is_faster_and_within_budget(resumed):
+    result, _, _ = resumed
+    replaced = [d for d in result.decisions if d.choice]
+    assert replaced, result.summary()
+    assert result.adapted_latency["median_s"] < result.original_latency["median_s"], result.summary()
+    assert result.adapted_score >= result.original_score - 0.01
+    for d in replaced:
+        assert d.reason and d.rule != "original"
+    report = json.loads(result.report_path.read_text())
+    assert report["speedup"] == pytest.approx(result.speedup)
+    assert report["device"]["preset"] == "local" and report["device"]["emulated"] is False
+    assert result.plot_path.stat().st_size > 10_000
+    assert any(c.key == result.chosen.key for c in result.pareto)
+
+
+def test_tuned_schedules_reach_the_build(resumed):
+    """End-to-end latency within 25% of what the database's best records add up to."""
+    result, _, _ = resumed
+    for name, lat in (("original", result.original_latency), ("adapted", result.adapted_latency)):
+        ratio = lat["median_s"] / lat["kernel_sum_s"]
+        print(f"{name}: measured {lat['median_s'] * 1e6:.1f} us, database kernels add up to "
+              f"{lat['kernel_sum_s'] * 1e6:.1f} us (ratio {ratio:.2f})")
+        assert 0.75 <= ratio <= 1.25
+
+
+def test_exported_library_agrees_with_adapted_module(resumed, tmp_path):
+    result, _, split = resumed
+    x = split.x_val[:3]
+    expected = np.concatenate([graph.run(graph.compile_module(result.mod, result.params), x[i:i + 1])[0]
+                               for i in range(len(x))])
+    path = result.export_library(tmp_path / "adapted.so")
+    vm = graph.load_vm(str(path))
+    got = np.concatenate([graph.run(vm, x[i:i + 1])[0] for i in range(len(x))])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert (got.argmax(1) == split.y_val[:3]).mean() >= 2 / 3
+
+
+def test_work_dir_of_another_model_is_refused_untouched(resumed):
+    result, _, split = resumed
+    other = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 10))
+    before = {p: p.read_bytes() for p in result.work_dir.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match="holds a search of another run"):
+        gos_tvm.tune(other, "local", calib_data=split.x_train[:8], val_data=(split.x_val, split.y_val),
+                     work_dir=result.work_dir, tracker=("127.0.0.1", 1))
+    after = {p: p.read_bytes() for p in result.work_dir.iterdir() if p.is_file()}
+    assert before == after
+
+
+def test_bad_arguments_get_clear_errors(tmp_path):
+    x = np.zeros((4, 1, 16, 16), "float32")
+    with pytest.raises(ValueError, match="val_data"):
+        gos_tvm.tune(models.DigitsCNN(), "local", calib_data=x, work_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown device preset 'raspberry'"):
+        gos_tvm.tune(models.DigitsCNN(), "raspberry", calib_data=x, val_data=(x, np.zeros(4)), work_dir=tmp_path)
+    with pytest.raises(ValueError, match="not this machine: pass tracker"):
+        gos_tvm.tune(models.DigitsCNN(), "rasp3b", calib_data=x, val_data=(x, np.zeros(4)), work_dir=tmp_path)
