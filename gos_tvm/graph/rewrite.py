@@ -28,7 +28,7 @@ from tvm import relax
 from tvm import te, tirx
 
 from ..instructions import OpProgram
-from ..instructions.lowering_te import TE_OPS
+from ..instructions.lowering_te import to_te_tensors
 from .importer import num_inputs
 from .sites import Site, analyze
 
@@ -80,16 +80,7 @@ def replacement_prim_func(program: OpProgram) -> tirx.PrimFunc:
     PrimFuncs that Relax's LegalizeOps produces: FuseTIR refuses to fuse a call_tir whose
     buffers disagree with its neighbours' in index type (int32 vs int64).
     """
-    env: dict[str, te.Tensor] = {}
-    for name, shape in {**program.inputs, **program.weights}.items():
-        env[name] = te.placeholder([tirx.IntImm("int64", d) for d in shape], "float32", name=name)
-    args = list(env.values())
-    for node in program.nodes:
-        env[node.name] = TE_OPS[node.op](*[env[i] for i in node.inputs], **node.attr)
-    out = env[program.output]
-    if out.op in [a.op for a in args] or any(str(d.ty) != "int64" for d in out.shape):
-        src = out
-        out = te.compute([tirx.IntImm("int64", int(d)) for d in src.shape], lambda *i: src(*i), name="output")
+    args, out = to_te_tensors(program, index_dtype="int64")
     return te.create_prim_func(args + [out])
 
 

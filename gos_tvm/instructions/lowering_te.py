@@ -14,32 +14,81 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import tvm
-from tvm import te, tirx, topi
+from tvm import te, tirx
 
 from .program import Node, OpProgram, parse_einsum
 
 
-def _pad(x: te.Tensor, pads, value: float = 0.0) -> te.Tensor:
-    if not any(lo or hi for lo, hi in pads):
-        return x
-    return topi.nn.pad(x, [lo for lo, _ in pads], [hi for _, hi in pads], pad_value=value, name="pad")
+# Every instruction is written as an index function over its inputs' index functions:
+# `Value = (shape, read)` with `read(*idx) -> PrimExpr`.  Index instructions compose their
+# functions without creating a block; arithmetic instructions (contraction, element-wise,
+# reduction) are materialised as `te.compute` blocks.
+#
+# Why not one block per instruction: MetaSchedule's multi-level tiling fuses a consumer of a
+# contraction into the contraction's loop nest (reverse-compute-at), and for a *pad* block
+# that consumer covers only the interior of its output, leaving the border unwritten -- seen
+# here as NaNs and 30% errors from tuned records of a channel-bottleneck candidate (pad
+# between two contractions in one PrimFunc).  Folding index instructions into the block that
+# reads them leaves no such consumer.  Index instructions applied directly to the program's
+# inputs or weights are still materialised (a pad of the input is the classic conv prologue
+# that MetaSchedule computes at its consumer, correctly and fast).
 
 
-def _window(x: te.Tensor, axes, kernel, stride, dilation) -> te.Tensor:
+class Value:
+    """A tensor as an index function: `read(*idx)` is its element at `idx`."""
+
+    def __init__(self, shape: Sequence[int], read: Callable[..., tirx.PrimExpr], dtype: str = "float32",
+                 tensor: te.Tensor | None = None, external: bool = False):
+        self.shape = tuple(int(d) for d in shape)
+        self.read, self.dtype, self.tensor, self.external = read, dtype, tensor, external
+
+    @staticmethod
+    def of(tensor: te.Tensor, external: bool) -> "Value":
+        return Value(tensor.shape, lambda *i: tensor[tuple(i)], tensor.dtype, tensor, external)
+
+
+def _clamp(i: tirx.PrimExpr, size: int) -> tirx.PrimExpr:
+    return tirx.max(tirx.min(i, size - 1), 0)
+
+
+def _guard(x: Value, src: list, inside: list, fill: float) -> tirx.PrimExpr:
+    """x[src] where all of `inside` hold, else `fill`.  A select of a clamped, always in-bounds
+    read rather than if_then_else, which MetaSchedule's AutoInline refuses to inline on CPU."""
+    if not inside:
+        return x.read(*src)
+    return tirx.Select(tirx.all(*inside), x.read(*src), tirx.const(fill, x.dtype))
+
+
+def _pad(x: Value, pads, value: float = 0.0) -> Value:
+    shape = [d + lo + hi for d, (lo, hi) in zip(x.shape, pads)]
+
+    def read(*idx):
+        src, inside = [], []
+        for i, d, (lo, hi) in zip(idx, x.shape, pads):
+            if lo or hi:
+                inside += [i >= lo, i < d + lo]
+                src.append(_clamp(i - lo, d))
+            else:
+                src.append(i)
+        return _guard(x, src, inside, value)
+
+    return Value(shape, read)
+
+
+def _window(x: Value, axes, kernel, stride, dilation) -> Value:
     ndim = len(x.shape)
     axes = [a % ndim for a in axes]
-    out_shape = list(x.shape)
+    shape = list(x.shape)
     for a, k, s, d in zip(axes, kernel, stride, dilation):
-        out_shape[a] = (int(x.shape[a]) - d * (k - 1) - 1) // s + 1
-    out_shape += list(kernel)
+        shape[a] = (x.shape[a] - d * (k - 1) - 1) // s + 1
 
-    def index(*idx):
+    def read(*idx):
         src = list(idx[:ndim])
         for j, (a, s, d) in enumerate(zip(axes, stride, dilation)):
             src[a] = idx[a] * s + idx[ndim + j] * d
-        return x[tuple(src)]
+        return x.read(*src)
 
-    return te.compute(out_shape, index, name="window")
+    return Value(shape + list(kernel), read)
 
 
 def _runs(values: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -62,103 +111,200 @@ def _per_channel(c: tirx.PrimExpr, values: Sequence[int]) -> tirx.PrimExpr:
     return expr
 
 
-def _shift(x: te.Tensor, channel_axis: int, axes, offsets) -> te.Tensor:
+def _shift(x: Value, channel_axis: int, axes, offsets) -> Value:
     ndim = len(x.shape)
     ch = channel_axis % ndim
     axes = [a % ndim for a in axes]
 
-    def index(*idx):
+    def read(*idx):
         src, inside = list(idx), []
         for j, a in enumerate(axes):
-            src[a] = idx[a] + _per_channel(idx[ch], [off[j] for off in offsets])
-            inside += [src[a] >= 0, src[a] < x.shape[a]]
-        # Clamp the address so that the load stays in bounds even where it is masked.
-        safe = list(src)
-        for a in axes:
-            safe[a] = tirx.max(tirx.min(src[a], x.shape[a] - 1), 0)
-        return tirx.if_then_else(tirx.all(*inside), x[tuple(safe)], tirx.const(0.0, x.dtype))
+            pos = idx[a] + _per_channel(idx[ch], [off[j] for off in offsets])
+            inside += [pos >= 0, pos < x.shape[a]]
+            src[a] = _clamp(pos, x.shape[a])
+        return _guard(x, src, inside, 0.0)
 
-    return te.compute(x.shape, index, name="shift")
+    return Value(x.shape, read)
 
 
-def _contract(a: te.Tensor, b: te.Tensor, spec: str) -> te.Tensor:
+def _reshape(x: Value, shape) -> Value:
+    shape = [int(d) for d in shape]
+    if [d for d in x.shape if d != 1] == [d for d in shape if d != 1]:
+        # Inserting or dropping unit axes is a renaming of indices, no div/mod.
+        src_pos = [i for i, d in enumerate(x.shape) if d != 1]
+        dst_pos = [i for i, d in enumerate(shape) if d != 1]
+
+        def read(*idx):
+            src = [0] * len(x.shape)
+            for i, j in zip(src_pos, dst_pos):
+                src[i] = idx[j]
+            return x.read(*src)
+
+        return Value(shape, read)
+
+    def read_flat(*idx):
+        flat = 0
+        for i, d in zip(idx, shape):
+            flat = flat * d + i
+        src = []
+        for d in reversed(x.shape):
+            src.append(tirx.floormod(flat, d))
+            flat = tirx.floordiv(flat, d)
+        return x.read(*reversed(src))
+
+    return Value(shape, read_flat)
+
+
+def _transpose(x: Value, perm) -> Value:
+    def read(*idx):
+        src = [0] * len(perm)
+        for out_axis, in_axis in enumerate(perm):
+            src[in_axis] = idx[out_axis]
+        return x.read(*src)
+
+    return Value([x.shape[p] for p in perm], read)
+
+
+def _slice(x: Value, axis: int, begin: int, end: int, stride: int = 1) -> Value:
+    a = axis % len(x.shape)
+    shape = list(x.shape)
+    shape[a] = len(range(begin, end, stride))
+
+    def read(*idx):
+        src = list(idx)
+        src[a] = begin + idx[a] * stride
+        return x.read(*src)
+
+    return Value(shape, read)
+
+
+def _concat(*xs: Value, axis: int) -> Value:
+    a = axis % len(xs[0].shape)
+    shape = list(xs[0].shape)
+    shape[a] = sum(x.shape[a] for x in xs)
+    starts = [sum(x.shape[a] for x in xs[:k]) for k in range(len(xs))]
+
+    def read(*idx):
+        def piece(k):
+            src = list(idx)
+            src[a] = _clamp(idx[a] - starts[k], xs[k].shape[a])
+            return xs[k].read(*src)
+
+        expr = piece(len(xs) - 1)
+        for k in reversed(range(len(xs) - 1)):
+            expr = tirx.Select(idx[a] < starts[k + 1], piece(k), expr)
+        return expr
+
+    return Value(shape, read)
+
+
+def _contract(a: Value, b: Value, spec: str) -> Value:
     (la, lb), out = parse_einsum(spec)
-    sizes = {**dict(zip(la, (int(d) for d in a.shape))), **dict(zip(lb, (int(d) for d in b.shape)))}
+    sizes = {**dict(zip(la, a.shape)), **dict(zip(lb, b.shape))}
     reduced = [ax for ax in dict.fromkeys(la + lb) if ax not in out]
     raxes = {ax: te.reduce_axis((0, sizes[ax]), name=f"r{ax}") for ax in reduced}
 
     def body(*idx):
         env = dict(zip(out, idx))
         env.update(raxes)
-        prod = a[tuple(env[ax] for ax in la)] * b[tuple(env[ax] for ax in lb)]
+        prod = a.read(*[env[ax] for ax in la]) * b.read(*[env[ax] for ax in lb])
         return te.sum(prod, axis=list(raxes.values())) if raxes else prod
 
-    return te.compute([sizes[ax] for ax in out], body, name="contract")
+    return _materialise([sizes[ax] for ax in out], body, "contract")
 
 
-def _reshape(x: te.Tensor, shape) -> te.Tensor:
-    # Inserting or dropping unit axes is an index renaming; topi.reshape would go through a
-    # flat index with div/mod (e.g. bias[(i + j + k) % O]), which is slower and has tripped
-    # LLVM's SLP vectorizer ("Instruction does not dominate all uses") on some shapes.
-    src = [int(d) for d in x.shape]
-    if [d for d in src if d != 1] == [d for d in shape if d != 1]:
-        src_pos = [i for i, d in enumerate(src) if d != 1]
-        dst_pos = [i for i, d in enumerate(shape) if d != 1]
-
-        def index(*idx):
-            out = [0] * len(src)
-            for i, j in zip(src_pos, dst_pos):
-                out[i] = idx[j]
-            return x[tuple(out)]
-
-        return te.compute(list(shape), index, name="reshape")
-    return topi.reshape(x, list(shape))
+def _broadcast_read(x: Value, out_shape: Sequence[int]) -> Callable[..., tirx.PrimExpr]:
+    lead = len(out_shape) - len(x.shape)
+    return lambda *idx: x.read(*[0 if d == 1 else idx[lead + i] for i, d in enumerate(x.shape)])
 
 
-def _slice(x: te.Tensor, axis: int, begin: int, end: int, stride: int = 1) -> te.Tensor:
-    return topi.strided_slice(x, [begin], [end], [stride], axes=[axis % len(x.shape)])
+def _binary(fn: Callable[[tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr], name: str) -> Callable[..., Value]:
+    def op(a: Value, b: Value) -> Value:
+        shape = [max(da, db) for da, db in zip((1,) * (max(len(a.shape), len(b.shape)) - len(a.shape)) + a.shape,
+                                                (1,) * (max(len(a.shape), len(b.shape)) - len(b.shape)) + b.shape)]
+        ra, rb = _broadcast_read(a, shape), _broadcast_read(b, shape)
+        return _materialise(shape, lambda *i: fn(ra(*i), rb(*i)), name)
+
+    return op
 
 
-def _reduce(fn: Callable) -> Callable:
-    return lambda x, axes, keepdims=False: fn(x, axis=[a % len(x.shape) for a in axes], keepdims=keepdims)
+def _unary(fn: Callable[[tirx.PrimExpr], tirx.PrimExpr], name: str) -> Callable[..., Value]:
+    return lambda x: _materialise(x.shape, lambda *i: fn(x.read(*i)), name)
 
 
-TE_OPS: dict[str, Callable[..., te.Tensor]] = {
+def _reduce(combine: Callable, name: str) -> Callable[..., Value]:
+    def op(x: Value, axes, keepdims: bool = False) -> Value:
+        axes = sorted({a % len(x.shape) for a in axes})
+        raxes = {a: te.reduce_axis((0, x.shape[a]), name=f"r{a}") for a in axes}
+        kept = [i for i in range(len(x.shape)) if i not in raxes]
+        shape = [1 if i in raxes else d for i, d in enumerate(x.shape)] if keepdims else [x.shape[i] for i in kept]
+
+        def body(*idx):
+            src = list(idx) if keepdims else [None] * len(x.shape)
+            if not keepdims:
+                for i, v in zip(kept, idx):
+                    src[i] = v
+            for a, r in raxes.items():
+                src[a] = r
+            return combine(x.read(*src), axis=list(raxes.values()))
+
+        return _materialise(shape, body, name)
+
+    return op
+
+
+def _materialise(shape: Sequence[int], body: Callable[..., tirx.PrimExpr], name: str) -> Value:
+    return Value.of(te.compute([int(d) for d in shape], body, name=name), external=False)
+
+
+TE_OPS: dict[str, Callable[..., Value]] = {
     "pad": _pad,
     "window": _window,
     "shift": _shift,
     "contract": _contract,
-    "add": topi.add,
-    "sub": topi.subtract,
-    "mul": topi.multiply,
-    "maximum": topi.maximum,
-    "abs": topi.abs,
-    "neg": topi.negative,
-    "reduce_sum": _reduce(topi.sum),
-    "reduce_max": _reduce(topi.max),
+    "add": _binary(lambda a, b: a + b, "add"),
+    "sub": _binary(lambda a, b: a - b, "sub"),
+    "mul": _binary(lambda a, b: a * b, "mul"),
+    "maximum": _binary(tirx.max, "maximum"),
+    "abs": _unary(tirx.abs, "abs"),
+    "neg": _unary(lambda a: -a, "neg"),
+    "reduce_sum": _reduce(te.sum, "reduce_sum"),
+    "reduce_max": _reduce(te.max, "reduce_max"),
     "reshape": _reshape,
-    "transpose": lambda x, perm: topi.transpose(x, list(perm)),
-    "concat": lambda *xs, axis: topi.concatenate(list(xs), axis=axis),
+    "transpose": _transpose,
+    "concat": _concat,
     "slice": _slice,
 }
 
+#: Instructions that only move data: folded into their consumer unless they read only
+#: the program's inputs and weights.
+INDEX_OPS = frozenset({"pad", "window", "shift", "reshape", "transpose", "concat", "slice"})
 
-def to_te_tensors(program: OpProgram) -> tuple[list[te.Tensor], te.Tensor]:
-    """Placeholders (inputs then weights) and the output tensor of `program`."""
-    env: dict[str, te.Tensor] = {}
+
+def to_te_tensors(program: OpProgram, index_dtype: str = "int32") -> tuple[list[te.Tensor], te.Tensor]:
+    """Placeholders (inputs then weights) and the output tensor of `program`.
+
+    `index_dtype` is the type of the buffer shapes ('int64' inside Relax modules, whose
+    legalized PrimFuncs use int64 shapes, so that FuseTIR can fuse across them).
+    """
+    dim = (lambda d: tirx.IntImm("int64", int(d))) if index_dtype == "int64" else int
+    env: dict[str, Value] = {}
     for name, shape in {**program.inputs, **program.weights}.items():
-        env[name] = te.placeholder(shape, "float32", name=name)
-    args = list(env.values())
+        env[name] = Value.of(te.placeholder([dim(d) for d in shape], "float32", name=name), external=True)
+    args = [v.tensor for v in env.values()]
     for node in program.nodes:
-        env[node.name] = _emit(node, [env[i] for i in node.inputs])
+        ins = [env[i] for i in node.inputs]
+        value = TE_OPS[node.op](*ins, **node.attr)
+        if node.op in INDEX_OPS:
+            value.external = all(v.external for v in ins)
+            if value.external:  # e.g. the input's padding: a block MetaSchedule handles well
+                value = Value.of(te.compute([dim(d) for d in value.shape], value.read, name=node.op), True)
+        env[node.name] = value
     out = env[program.output]
-    if out.op in [t.op for t in args]:  # an identity program: a PrimFunc must still write its output
-        out = te.compute(out.shape, lambda *i: out(*i), name="copy")
-    return args, out
-
-
-def _emit(node: Node, args: list[te.Tensor]) -> te.Tensor:
-    return TE_OPS[node.op](*args, **node.attr)
+    if out.tensor is None or out.tensor.op in [t.op for t in args]:
+        read = out.read
+        out = Value.of(te.compute([dim(d) for d in out.shape], read, name="output"), False)
+    return args, out.tensor
 
 
 def to_te(program: OpProgram) -> tirx.PrimFunc:
