@@ -301,7 +301,8 @@ def to_te_tensors(program: OpProgram, index_dtype: str = "int32") -> tuple[list[
                 value = Value.of(te.compute([dim(d) for d in value.shape], value.read, name=node.op), True)
         env[node.name] = value
     out = env[program.output]
-    if out.tensor is None or out.tensor.op in [t.op for t in args]:
+    wrong_index_type = any(str(d.ty) != index_dtype for d in out.tensor.shape) if out.tensor is not None else True
+    if out.tensor is None or out.tensor.op in [t.op for t in args] or wrong_index_type:
         read = out.read
         out = Value.of(te.compute([dim(d) for d in out.shape], read, name="output"), False)
     return args, out.tensor
