@@ -1,0 +1,119 @@
+"""A small temporal convolutional network (TCN) that regresses heart rate (BPM) from PPG + acceleration.
+
+Shaped like the TCNs used on PPG-DaLiA (TEMPONet, and the NAS-derived TimePPG / Q-PPG
+family): blocks of dilated 1-D convolutions with ReLU, average pooling between blocks,
+then a global average and a linear head.  The output is in BPM: the head predicts a
+normalised rate that `forward` maps back with a fixed affine (so the exported model's
+output is BPM and its mean absolute error is the MAE in BPM).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import HR_MAX, HR_MIN
+
+HR_CENTER = (HR_MIN + HR_MAX) / 2
+HR_SCALE = (HR_MAX - HR_MIN) / 2
+
+
+class TCN(nn.Module):
+    """Input (N, 4, 256): PPG and acceleration x/y/z, 8 s at 32 Hz.  Output (N, 1): heart rate in BPM.
+
+    Each block is two 'same'-padded dilated Conv1d + ReLU layers followed by AvgPool1d(2);
+    block b uses dilations (d_b, 2 d_b), so the receptive field covers several beats.
+    """
+
+    def __init__(self, in_channels: int = 4, channels: tuple[int, ...] = (16, 32, 32), kernel: int = 5,
+                 dilation: tuple[int, ...] = (1, 2, 4)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for c, d in zip(channels, dilation):
+            for dd in (d, 2 * d):
+                layers += [nn.Conv1d(c_in, c, kernel, padding=dd * (kernel - 1) // 2, dilation=dd), nn.ReLU()]
+                c_in = c
+            layers.append(nn.AvgPool1d(2))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x).mean(dim=-1)
+        return self.head(h) * HR_SCALE + HR_CENTER
+
+
+def predict_torch(model: nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Heart rate (N,) in BPM of windows `x` (N, 4, 256) with the torch model."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            out.append(model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch], dtype="float32"))).numpy())
+    return np.concatenate(out).reshape(-1)
+
+
+def mae(pred: np.ndarray, y: np.ndarray) -> float:
+    """Mean absolute error (BPM)."""
+    return float(np.abs(np.ravel(pred) - np.ravel(y)).mean())
+
+
+@dataclass
+class TrainLog:
+    epochs: int
+    seconds: float
+    train_mae: list[float]
+    val_mae: list[float]
+    best_epoch: int
+
+
+def train(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
+          epochs: int = 40, batch: int = 64, lr: float = 3e-3, seed: int = 0, threads: int | None = None,
+          verbose: bool = False) -> TrainLog:
+    """Train `model` with the L1 loss (MAE in BPM) and Adam; keep the weights of the best validation MAE.
+
+    Augmentation: random sign flips of the acceleration axes and random circular time shifts
+    (the rate of a window does not depend on either).
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    xt = torch.from_numpy(np.ascontiguousarray(x_train, dtype="float32"))
+    yt = torch.from_numpy(np.ascontiguousarray(y_train, dtype="float32"))
+    best, best_state, best_epoch = float("inf"), None, -1
+    train_hist, val_hist = [], []
+    t0 = time.time()
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.from_numpy(rng.permutation(len(xt)))
+        total = 0.0
+        for i in range(0, len(perm), batch):
+            idx = perm[i:i + batch]
+            xb = xt[idx].clone()
+            sign = torch.from_numpy(rng.choice([-1.0, 1.0], (len(idx), 3, 1)).astype("float32"))
+            xb[:, 1:] *= sign
+            xb = torch.roll(xb, int(rng.integers(0, xb.shape[-1])), dims=-1)
+            loss = (model(xb).squeeze(-1) - yt[idx]).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        sched.step()
+        train_hist.append(total / len(xt))
+        val = mae(predict_torch(model, x_val), y_val)
+        val_hist.append(val)
+        if val < best:
+            best, best_epoch = val, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if verbose:
+            print(f"epoch {epoch + 1:3d}/{epochs}  train MAE {train_hist[-1]:6.2f}  val MAE {val:6.2f} BPM")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainLog(epochs, time.time() - t0, train_hist, val_hist, best_epoch)
