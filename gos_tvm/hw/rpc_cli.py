@@ -1,4 +1,4 @@
-"""`gos-tvm rpc tracker | server | query`: the device pool on the command line.
+"""`gos-tvm rpc tracker | server | query | emulate`: the device pool on the command line.
 
     gos-tvm rpc tracker --host 0.0.0.0 --port 9190
     gos-tvm rpc server  --tracker 192.168.1.10:9190 --key rasp3b        # on the device
@@ -117,6 +117,46 @@ def run_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_emulate(args: argparse.Namespace) -> int:
+    """Build the emulated device once (cached) and serve it under the tracker until SIGINT/SIGTERM."""
+    import time
+
+    from .emulate import EmulatedDeviceError, build_emulated_device, default_key, start_emulated_server
+    from .tracker import DeviceUnavailableError
+
+    try:
+        root = build_emulated_device(args.device, args.root, rebuild=args.rebuild)
+    except (EmulatedDeviceError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 4  # this machine cannot build the device (.ci/emulated.sh reports it as skipped)
+    if args.build_only:
+        print(f"emulated device {args.device} built in {root}")
+        return 0
+    host, _, port = (args.tracker or "").rpartition(":")
+    if not host or not port.isdigit():
+        print(f"error: --tracker must be HOST:PORT, got {args.tracker!r}", file=sys.stderr)
+        return 2
+    key = args.key or default_key(args.device)
+    _install_sigterm()
+    try:
+        srv = start_emulated_server((host, int(port)), key, root, name=args.device,
+                                    startup_timeout=args.startup_timeout)
+    except (EmulatedDeviceError, DeviceUnavailableError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"emulated {args.device} RPC server registered with tracker {args.tracker} under key '{key}' "
+          f"(log {srv.process.log_path}); EMULATED: its timings are qemu timings, not board timings", flush=True)
+    try:
+        while srv.alive():
+            time.sleep(0.5)
+        print(f"error: the emulated server exited:\n{srv.log_tail()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        srv.stop()
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `rpc` with `tracker`, `server` and `query` to the `gos-tvm` command line."""
     rpc_p = subparsers.add_parser("rpc", help="RPC device pool: start a tracker or a device server, query a tracker")
@@ -154,6 +194,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--json", action="store_true", help="print JSON")
     q.add_argument("--timeout", type=float, default=5.0, help="seconds before an unreachable tracker is an error")
     q.set_defaults(func=run_query)
+
+    e = sub.add_parser("emulate", help="build (once, as root) and serve an emulated device (qemu-user) under a tracker; "
+                       "exit status 4 if this machine cannot build it")
+    e.add_argument("device", choices=["rasp3b-aarch64"], help="the device preset to emulate")
+    e.add_argument("--tracker", default=os.environ.get("TVM_TRACKER_HOST") and
+                   f"{os.environ['TVM_TRACKER_HOST']}:{os.environ.get('TVM_TRACKER_PORT', '9190')}",
+                   help="HOST:PORT of the tracker to register with")
+    e.add_argument("--key", default=None, help="key to register under (default '<device>-emulated')")
+    e.add_argument("--root", default=None, help="rootfs directory (default ~/.cache/gos_tvm/emulated/<device>)")
+    e.add_argument("--build-only", action="store_true", help="build the device and exit")
+    e.add_argument("--rebuild", action="store_true", help="reinstall the runtime even if the device is built")
+    e.add_argument("--startup-timeout", type=float, default=300.0,
+                   help="seconds to wait for the emulated server to register (default 300)")
+    e.set_defaults(func=run_emulate)
 
 
 def main(argv: list[str] | None = None) -> int:

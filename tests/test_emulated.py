@@ -1,0 +1,136 @@
+"""The board path on an emulated Raspberry Pi 3 (64-bit): an aarch64 Debian rootfs under qemu-user
+runs the aarch64 TVM runtime as an RPC server registered with a tracker on this machine.
+
+A model with replaced operators is cross-compiled for 'rasp3b-aarch64', uploaded through the
+tracker, run on the emulated device and compared with the host result; a MetaSchedule tuning of a
+small kernel runs its measurements there.  Emulation timings are not board timings: the results
+must say 'emulated'.
+
+Runs when the device is already built (`gos-tvm rpc emulate rasp3b-aarch64 --build-only`) or with
+GOS_TVM_EMULATED=1 (then a device that cannot be built is a failure, not a skip).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from gos_tvm.hw import emulate
+
+NAME = "rasp3b-aarch64"
+KEY = "gos-test-rasp3b-aarch64-emulated"
+
+if not (emulate.is_built(NAME) or os.environ.get("GOS_TVM_EMULATED") == "1"):
+    pytest.skip(f"emulated {NAME} device not built ({emulate.default_root(NAME) / emulate.MARKER} missing) and "
+                "GOS_TVM_EMULATED != 1; build it with `gos-tvm rpc emulate rasp3b-aarch64 --build-only` (root)",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def device():
+    """(tracker (host, port), key, emulated preset) with one emulated server registered."""
+    from gos_tvm.hw import LocalDevicePool, query_tracker
+
+    emulate.build_emulated_device(NAME)  # cached; builds (or fails with the missing piece) under GOS_TVM_EMULATED=1
+    with LocalDevicePool(KEY, n_servers=0, startup_timeout=120) as pool:
+        server = emulate.start_emulated_server(pool.tracker, KEY, name=NAME, startup_timeout=300)
+        try:
+            assert query_tracker(*pool.tracker).count(KEY) == 1
+            yield pool.tracker, KEY, emulate.emulated_preset(NAME, key=KEY)
+        finally:
+            server.stop()
+        assert not server.alive()
+
+
+def test_preset_is_labelled_emulated():
+    p = emulate.emulated_preset(NAME)
+    assert p.emulated and "emulated" in p.label.lower() and "not board timings" in p.label
+    assert p.key == "rasp3b-aarch64-emulated" and p.name == NAME
+    assert str(p.target) == str(emulate.preset(NAME).target)      # the board's own target
+    assert p.describe()["emulated"] is True
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def _replaced_model():
+    """A torch model imported to Relax with two operators replaced (closed-form initialised)."""
+    from gos_tvm.graph import find_sites, from_torch, substitute
+    from gos_tvm.space.candidates import apply
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    mod, params = from_torch(model, x)
+    sites = {s.id: s for s in find_sites(mod, params)}
+    replacements = {}
+    for sid, rule, kw in (("conv2", "depthwise_separable", {}), ("conv1", "low_rank", {"rank": 4})):
+        cand = apply(sites[sid].program, rule, **kw)
+        assert cand.steps and cand.program.structural_hash != sites[sid].program.structural_hash
+        replacements[sid] = (cand.program, cand.init(sites[sid].program, sites[sid].weights))
+    new_mod, new_params = substitute(mod, params, replacements)
+    assert [s.id for s in find_sites(new_mod, new_params)] == ["fc"]
+    return model, x, new_mod, new_params
+
+
+def test_replaced_model_runs_on_the_emulated_device_and_matches_the_host(device):
+    from gos_tvm.graph import compile_module, elf_machine, EM_AARCH64, run
+    from gos_tvm.hw import measure_module
+    from gos_tvm.hw.measure import export_module
+
+    tracker, key, dev = device
+    model, x, mod, params = _replaced_model()
+    (host_out,) = run(compile_module(mod, params), x)                 # host CPU build
+    ref = model(x).detach().numpy()
+    assert np.abs(host_out - ref).max() > 1e-3                         # the replacements change the model
+
+    ex = compile_module(mod, params, dev.target)                       # cross-compiled for the board
+    lib = export_module(ex, dev)
+    assert elf_machine(lib) == EM_AARCH64
+    stats = measure_module(None, dev, tracker, key, [x], repeat=3, number=1, fetch_outputs=True,
+                           session_timeout=600, library=lib)
+    assert stats.emulated and stats.device == NAME and "(emulated)" in str(stats)
+    assert stats.to_json()["emulated"] is True
+    assert math.isfinite(stats.median) and stats.median > 0
+    (dev_out,) = stats.outputs
+    assert dev_out.shape == host_out.shape
+    np.testing.assert_allclose(dev_out, host_out, rtol=1e-4, atol=1e-4)
+    print(f"\nemulated {NAME}: {stats}")
+
+
+def test_metaschedule_tuning_through_the_emulated_device(device, tmp_path):
+    from tvm import meta_schedule as ms
+
+    from gos_tvm.hw import TrackerRunner, WarmBuilder, tune_primfunc
+    from gos_tvm.instructions import library, to_te
+
+    tracker, key, dev = device
+    func = to_te(library.conv2d((1, 4, 8, 8), 8, 3, padding=1))
+    runner = TrackerRunner(tracker, key, evaluator_config=ms.runner.EvaluatorConfig(number=2, repeat=2,
+                                                                                     min_repeat_ms=0),
+                           session_timeout_sec=300, queue_timeout_sec=600)
+    builder = WarmBuilder(dev)
+    try:
+        res = tune_primfunc(func, dev, runner=runner, builder=builder, trials=4, trials_per_iter=4,
+                            work_dir=str(tmp_path), seed=1)
+    finally:
+        runner.close()
+        builder.close()
+    latency, record = res
+    assert record is not None, "no successful measurement on the emulated device"
+    assert math.isfinite(latency) and latency > 0
+    print(f"\nemulated {NAME}: tuned conv2d (1,4,8,8)->8 3x3 best {latency * 1e6:.1f} us over {res.trials} trials "
+          f"({res.failed} failed) -- emulation timing, not a board timing")
