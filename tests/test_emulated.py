@@ -112,7 +112,7 @@ def test_replaced_model_runs_on_the_emulated_device_and_matches_the_host(device)
 
 
 def test_metaschedule_tuning_through_the_emulated_device(device, tmp_path):
-    from tvm import meta_schedule as ms
+    from tvm.s_tir import meta_schedule as ms
 
     from gos_tvm.hw import TrackerRunner, WarmBuilder, tune_primfunc
     from gos_tvm.instructions import library, to_te
