@@ -51,7 +51,7 @@ def digits(size: int = 16, seed: int = 0) -> Split:
 class DigitsCNN(nn.Module):
     """Three 3x3 convolutions and a classifier: the main job's model."""
 
-    def __init__(self, width: int = 16, classes: int = 10):
+    def __init__(self, width: int = 32, classes: int = 10):
         super().__init__()
         self.conv1 = nn.Conv2d(1, width, 3, padding=1)
         self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
@@ -192,7 +192,8 @@ def trained_model(name: str, cache_dir: str | os.PathLike | None = None, epochs:
     model = cls()
     path = None
     if cache_dir is not None:
-        tag = hashlib.sha256(f"{name}-{size}-{epochs}-{seed}".encode()).hexdigest()[:10]
+        arch = ",".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+        tag = hashlib.sha256(f"{name}-{size}-{epochs}-{seed}-{arch}".encode()).hexdigest()[:10]
         path = Path(cache_dir) / f"{name}-{tag}.pt"
         if path.exists():
             model.load_state_dict(torch.load(path))

@@ -91,7 +91,8 @@ def test_killed_run_resumes_without_repeating_measurements(resumed):
     # MetaSchedule trials were not spent twice either: the original model's database holds no
     # more than its budget (plus one partial batch).
     records = result._search.database("original").get_all_tuning_records()
-    assert len(records) <= BUDGET["trials"] + 16
+    tasks = result.original_latency["tasks"]
+    assert len(records) <= BUDGET["trials"] + 16 + 2 * tasks  # + the re-measured best of each task
 
 
 def test_adapted_model_is_faster_and_within_budget(resumed):
@@ -150,3 +151,24 @@ def test_bad_arguments_get_clear_errors(tmp_path):
         gos_tvm.tune(models.DigitsCNN(), "raspberry", calib_data=x, val_data=(x, np.zeros(4)), work_dir=tmp_path)
     with pytest.raises(ValueError, match="not this machine: pass tracker"):
         gos_tvm.tune(models.DigitsCNN(), "rasp3b", calib_data=x, val_data=(x, np.zeros(4)), work_dir=tmp_path)
+
+
+def test_cost_model_ranks_held_out_measurements(resumed):
+    """Leave-one-out over this run's device measurements: the XGBoost model, trained on the
+    others, ranks each held-out kernel; Spearman's rho of predicted vs measured latency."""
+    from gos_tvm.search.cost_model import LatencyModel, Sample, spearman
+
+    result, _, _ = resumed
+    model = LatencyModel("local", result.work_dir / "cost_model.json")
+    samples = list(model.samples.values())
+    assert len(samples) >= 6, f"only {len(samples)} kernels measured"
+    predicted = []
+    for held in samples:
+        loo = LatencyModel("local")
+        loo.samples = {s.key: s for s in samples if s.key != held.key}
+        booster = loo._fit()
+        predicted.append(float(np.exp(booster.predict(np.array([held.features]))[0])))
+    rho = spearman(predicted, [s.latency_s for s in samples])
+    print(f"cost model: Spearman rho {rho:.3f} over {len(samples)} held-out kernels")
+    assert rho > 0.3
+    assert isinstance(samples[0], Sample)
