@@ -79,8 +79,10 @@ def vm_predictor(mod, params):
     vm = graph.load_vm(graph.compile_module(mod, params))
 
     def predict(x: np.ndarray) -> np.ndarray:
-        out = [vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x[i:i + 1], dtype="float32"))).numpy()
-               for i in range(len(x))]
+        out = []
+        for i in range(len(x)):
+            y = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x[i:i + 1], dtype="float32")))
+            out.append((y if hasattr(y, "numpy") else y[0]).numpy())  # the module returns a tuple
         return np.concatenate(out).reshape(-1)
 
     return predict
