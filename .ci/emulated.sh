@@ -22,4 +22,4 @@ elif [ "$rc" -ne 0 ]; then
     exit "$rc"
 fi
 echo "emulated device ready ($(( $(date +%s) - start )) s)"
-GOS_TVM_EMULATED=1 python3 -m pytest -q tests/test_emulated.py -rs -s
+GOS_TVM_EMULATED=1 python3 -m pytest -q -rs tests/test_emulated.py
