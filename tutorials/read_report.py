@@ -65,8 +65,11 @@ def explain(report: dict) -> list[str]:
         lines.append(f"   {d['site']:<26} {d['kind']:<9} {kern} {share} of model  {what}")
         if d.get("reason"):
             lines.append(f"      reason: {d['reason']}")
-        for t in d.get("tried", [])[:4]:
-            lines.append(f"      tried: {json.dumps(t, default=str)[:150]}")
+        for t in d.get("tried", [])[:4]:   # the first candidates tried, in order
+            lat = f"{t['latency_s'] * 1e6:.1f} us" if t.get("latency_s") else "not timed"
+            score = f"{t['score']:.4f}" if isinstance(t.get("score"), (int, float)) else "n/a"
+            err = f"{t['fit_rel_error']:.2f}" if isinstance(t.get("fit_rel_error"), (int, float)) else "n/a"
+            lines.append(f"      tried {t.get('rule', '?'):<38} fit error {err}  score {score}  kernel {lat}")
     for s in report.get("skipped_sites", []):
         lines.append(f"   skipped {json.dumps(s, default=str)[:150]}")
     lines += ["",
