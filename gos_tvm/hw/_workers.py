@@ -64,9 +64,10 @@ def build_one(mod: Any, target: Any, params: Optional[bytearray], export: Option
 
 
 def _session_alive(sess: Any) -> bool:
-    """Whether an RPC session still answers (distinguishes a dead server from a failing kernel)."""
+    """Whether an RPC session still answers (distinguishes a failing kernel from a broken session)."""
     try:
-        return bool(sess.cpu(0).exist)  # a remote call: raises if the session is gone
+        # A round trip to a function the server registers for every session.
+        return bool(sess.get_function("tvm.rpc.server.workpath")("probe"))
     except Exception:  # noqa: BLE001
         return False
 
@@ -76,15 +77,20 @@ def measure_one(tracker: tuple[str, int], key: str, artifact_path: str, device_t
                 queue_timeout: float, max_retries: int) -> list[float]:
     """Upload one built kernel to a server under `key`, time it, and return the run seconds.
 
-    Faults: if the session breaks (the server died, or the kernel crashed the server's session
-    process) the measurement is retried on another server, at most `max_retries` times; an error
-    the live session reports (load or run failure of the kernel) is raised at once, so MetaSchedule
-    records the candidate as failed.  Waiting for a free server is bounded by `queue_timeout`.
+    Faults: an error that the live session reports (the kernel fails to load or run) is raised at
+    once, so MetaSchedule records the candidate as failed.  When the session breaks, the tracker
+    tells why: if the server is no longer registered it died (killed, crashed, unplugged) and the
+    measurement is retried on another server, at most `max_retries` times; if it is still
+    registered, the kernel crashed its session process, and retrying would only crash another
+    server's session, so the candidate is recorded as failed.  Waiting for a free server is
+    bounded by `queue_timeout`.
     """
+    import gc
+
     from tvm.s_tir.meta_schedule.runner.config import EvaluatorConfig
     from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common, run_evaluator_common
 
-    from .tracker import request_session
+    from .tracker import request_session, server_registered
 
     config = EvaluatorConfig(*evaluator)
     remote_name = os.path.basename(artifact_path)
@@ -92,6 +98,9 @@ def measure_one(tracker: tuple[str, int], key: str, artifact_path: str, device_t
     for attempt in range(max_retries + 1):
         sess = request_session(tracker[0], tracker[1], key, queue_timeout=queue_timeout,
                                session_timeout=session_timeout)
+        addr = getattr(sess, "gos_server_addr", "")
+        retry = False
+        msg = ""
         try:
             dev = sess.device(device_type, 0)
             sess.upload(artifact_path, remote_name)
@@ -106,12 +115,20 @@ def measure_one(tracker: tuple[str, int], key: str, artifact_path: str, device_t
             return costs
         except Exception as err:  # noqa: BLE001
             msg = str(err)
-            if "RPCSessionTimeoutError" in msg or _session_alive(sess) or attempt == max_retries:
-                if errors:
-                    msg += f"\n(after {len(errors)} retried session failure(s): {'; '.join(errors)})"
-                raise RuntimeError(msg) from None
-            errors.append(msg.strip().splitlines()[-1][:200] if msg.strip() else type(err).__name__)
-            time.sleep(0.2)
+            broken = "kShutdown" in msg or not _session_alive(sess)
+            if "RPCSessionTimeoutError" not in msg and broken and attempt < max_retries:
+                time.sleep(0.3)  # let the tracker notice a dead server's closed connection
+                retry = not server_registered(tracker[0], tracker[1], addr)
+                if not retry:
+                    msg = f"the kernel broke the RPC session on server {addr} (the server survived): {msg}"
         finally:
-            del sess
+            # Drop every handle into the session now, so that the server is freed for the next
+            # measurement (a remote function or module left alive keeps the session open).
+            sess = dev = rt_mod = f_fill = args = None  # noqa: F841
+            gc.collect()
+        if not retry:
+            if errors:
+                msg += f"\n(after {len(errors)} retried session failure(s): {'; '.join(errors)})"
+            raise RuntimeError(msg)
+        errors.append(f"server {addr} died: " + (msg.strip().splitlines()[-1][:200] if msg.strip() else "?"))
     raise AssertionError("unreachable")

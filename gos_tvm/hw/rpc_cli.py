@@ -53,6 +53,41 @@ def run_tracker(args: argparse.Namespace) -> int:
     return _serve_forever(tvm_tracker.PopenTrackerServerState.current.thread)
 
 
+def _survive_crashing_sessions(tvm_server) -> None:
+    """Keep serving after a session's child process dies abnormally.
+
+    TVM serves each session in a forked child and raises in its listen loop when that child exits
+    with an error -- which a kernel that crashes on the device (or a library that fails to load,
+    in TVM 0.27) causes: the listen thread dies and the server silently stops serving while it
+    still looks registered.  Here the failed session is logged and cleaned up and the server goes
+    on to the next one.
+    """
+    import logging
+    import shutil
+
+    original = tvm_server._serving  # noqa: SLF001
+    if getattr(original, "gos_robust", False):
+        return
+
+    def serving(sock, addr, opts, load_library):
+        cwd = os.getcwd()
+        try:
+            original(sock, addr, opts, load_library)
+        except RuntimeError as err:
+            logging.getLogger("gos_tvm.rpc").warning("session from %s ended abnormally: %s", addr, err)
+            work = os.getcwd()
+            os.chdir(cwd)
+            if work != cwd:
+                shutil.rmtree(work, ignore_errors=True)
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    serving.gos_robust = True
+    tvm_server._serving = serving  # noqa: SLF001 - the listen loop looks it up at each session
+
+
 def run_server(args: argparse.Namespace) -> int:
     import logging
 
@@ -87,6 +122,7 @@ def run_server(args: argparse.Namespace) -> int:
                     return 1
                 time.sleep(0.25)
     _install_sigterm()
+    _survive_crashing_sessions(tvm_server)
     # Serve in this process (TVM's Server class would start a second Python process for it); each
     # session is still served in a forked child, as TVM does.
     port = tvm_server._popen_start_rpc_server(  # noqa: SLF001 - what tvm.rpc.Server runs

@@ -204,12 +204,23 @@ def request_session(host: str, port: int, key: str, *, queue_timeout: float = 60
             raise DeviceUnavailableError(f"tracker {host}:{port} refused a request for key '{key}': {reply}")
         url, sport, matchkey = reply[1]
         try:
-            return rpc.connect(url, sport, key=matchkey, session_timeout=session_timeout)
+            sess = rpc.connect(url, sport, key=matchkey, session_timeout=session_timeout)
+            sess.gos_server_addr = f"{url}:{sport}"  # which server this is (see server_registered)
+            return sess
         except Exception as err:  # noqa: BLE001 - the server went away between hand-out and connect
             last_err = err
             time.sleep(0.2)
     raise DeviceUnavailableError(f"no usable RPC session under key '{key}' at {host}:{port} within "
                                  f"{queue_timeout:g} s (last error: {last_err})")
+
+
+def server_registered(host: str, port: int, addr: str, timeout: float = 5.0) -> bool:
+    """Whether the server listening at `addr` ('host:port') is still registered with the tracker
+    (a server that died is dropped at once, when its tracker connection closes)."""
+    try:
+        return any(a == addr for a, _ in query_tracker(host, port, timeout=timeout).servers)
+    except DeviceUnavailableError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,5 +487,6 @@ class LocalDevicePool:
 
 
 __all__ = ["DeviceUnavailableError", "TrackerStatus", "query_tracker", "require_servers", "request_session",
+           "server_registered",
            "connect_tracker_socket", "free_port", "start_tracker", "start_server", "LocalDevicePool",
            "ManagedProcess"]

@@ -23,6 +23,9 @@ import tvm_ffi
 from tvm import relax, tirx
 from tvm.s_tir import meta_schedule as ms
 
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
+
 from ._fastimport import import_tensor_intrin
 from .presets import Preset, resolve_target
 
@@ -113,6 +116,53 @@ class KernelTuneResult:
         return sch.mod
 
 
+@derived_object
+class GuardedRoundRobin(PyTaskScheduler):
+    """Round-robin over the tasks, guarded against MetaSchedule's endless loop.
+
+    MetaSchedule's schedulers loop while the global trial count is below budget, and a batch only
+    counts the candidates it contained: when a task's search space is exhausted (a small kernel
+    whose few distinct schedules were all measured, or all failed), its search returns an *empty*
+    batch, nothing counts, and the stock schedulers pick it again forever.  Here a task whose
+    batches come back empty `max_empty_batches` times in a row is terminated.  `max_seconds`
+    optionally bounds the whole session (the batch in flight is finished and recorded first).
+    """
+
+    def __init__(self, max_empty_batches: int = 2, max_seconds: Optional[float] = None) -> None:
+        super().__init__()
+        self.max_empty_batches = int(max_empty_batches)
+        self.max_seconds = max_seconds
+        self._last = -1
+        self._empty: dict[int, int] = {}
+        self._start: Optional[float] = None
+        self.terminated_empty: list[int] = []
+
+    def next_task_id(self) -> int:
+        import time
+
+        outer = self._outer()
+        tasks = outer.tasks_
+        if self._start is None:
+            self._start = time.monotonic()
+        last = self._last
+        if 0 <= last < len(tasks) and not tasks[last].is_terminated:
+            results = outer.join_running_task(last)   # records the batch (database, cost model)
+            self._empty[last] = 0 if len(results) else self._empty.get(last, 0) + 1
+            if self._empty[last] >= self.max_empty_batches:
+                outer.terminate_task(last)
+                self.terminated_empty.append(last)
+        if self.max_seconds is not None and time.monotonic() - self._start > self.max_seconds:
+            return -1
+        n = len(tasks)
+        for step in range(1, n + 1):
+            i = (last + step) % n
+            if not tasks[i].is_terminated:
+                self._last = i
+                return i
+        self._last = -1
+        return -1
+
+
 def default_strategy() -> ms.search_strategy.EvolutionarySearch:
     """MetaSchedule's evolutionary search sized for small hosts: population 256 and 3 genetic
     iterations (stock: 512 and 4).  Choosing each batch costs about 2.5x less host time, which on a
@@ -162,7 +212,7 @@ def tune_primfuncs(funcs: Union[Mapping[str, tirx.PrimFunc], Sequence[tirx.PrimF
                    work_dir: Optional[str] = None, database: Optional[ms.database.Database] = None,
                    builder: Optional[Any] = None, runner: Optional[Any] = None,
                    cost_model: Union[str, ms.cost_model.CostModel] = "xgb",
-                   task_scheduler: str = "round-robin", strategy: Any = None,
+                   task_scheduler: Any = None, strategy: Any = None, max_seconds: Optional[float] = None,
                    seed: Optional[int] = None, num_tuning_cores: Optional[int] = None) -> dict[str, KernelTuneResult]:
     """Tune several PrimFuncs (tasks) in one MetaSchedule session into one shared database.
 
@@ -188,6 +238,9 @@ def tune_primfuncs(funcs: Union[Mapping[str, tirx.PrimFunc], Sequence[tirx.PrimF
         data across calls).
     strategy:
         The search strategy; default `default_strategy()` (evolutionary, sized for small hosts).
+    task_scheduler, max_seconds:
+        Default `GuardedRoundRobin(max_seconds=...)`: equal budgets, no endless loop on an exhausted
+        task, and (optionally) a wall-clock bound on the session; 'gradient'/'round-robin' for stock.
 
     Returns {name: KernelTuneResult}.  Candidates that fail to build or run are stored as failed
     records and do not stop the tuning.
@@ -208,7 +261,8 @@ def tune_primfuncs(funcs: Union[Mapping[str, tirx.PrimFunc], Sequence[tirx.PrimF
             mod, tgt, work_dir, max_trials_global=trials_per_task * len(funcs),
             max_trials_per_task=trials_per_task, num_trials_per_iter=min(trials_per_iter, trials_per_task),
             builder=builder, runner=runner, database=database, cost_model=cost_model,
-            task_scheduler=task_scheduler, strategy=strategy if strategy is not None else default_strategy(),
+            task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
+            strategy=strategy if strategy is not None else default_strategy(),
             num_tuning_cores=cores, seed=seed)
     finally:
         if own_builder:
@@ -230,8 +284,8 @@ def tune_primfunc(func: tirx.PrimFunc, target: Union[str, dict, Preset, tvm.targ
                   trials: int = 32, trials_per_iter: int = 16, work_dir: Optional[str] = None,
                   database: Optional[ms.database.Database] = None, builder: Optional[Any] = None,
                   runner: Optional[Any] = None, cost_model: Union[str, ms.cost_model.CostModel] = "xgb",
-                  strategy: Any = None, seed: Optional[int] = None,
-                  num_tuning_cores: Optional[int] = None) -> KernelTuneResult:
+                  strategy: Any = None, seed: Optional[int] = None, num_tuning_cores: Optional[int] = None,
+                  task_scheduler: Any = None, max_seconds: Optional[float] = None) -> KernelTuneResult:
     """Tune one PrimFunc with MetaSchedule, measuring candidates on the device behind the tracker.
 
     Returns a `KernelTuneResult` that unpacks as `(best_latency_seconds, record)`.  See
@@ -241,7 +295,7 @@ def tune_primfunc(func: tirx.PrimFunc, target: Union[str, dict, Preset, tvm.targ
     res = tune_primfuncs({name: func}, target, tracker=tracker, key=key, trials_per_task=trials,
                          trials_per_iter=trials_per_iter, work_dir=work_dir, database=database, builder=builder,
                          runner=runner, cost_model=cost_model, strategy=strategy, seed=seed,
-                         num_tuning_cores=num_tuning_cores)
+                         num_tuning_cores=num_tuning_cores, task_scheduler=task_scheduler, max_seconds=max_seconds)
     return res[name]
 
 
@@ -276,11 +330,14 @@ def tune_module(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
                 trials_per_iter: int = 16, max_trials_per_task: Optional[int] = None,
                 database: Optional[ms.database.Database] = None, work_dir: Optional[str] = None,
                 cost_model: Union[str, ms.cost_model.CostModel] = "xgb", op_names: Optional[list[str]] = None,
-                strategy: Any = None, seed: Optional[int] = None) -> ms.database.Database:
+                strategy: Any = None, seed: Optional[int] = None, task_scheduler: Any = None,
+                max_seconds: Optional[float] = None) -> ms.database.Database:
     """Tune every kernel of a Relax module (after `prepare_relax`) through the same builder and runner.
 
-    `trials` is the global budget, shared by MetaSchedule's gradient task scheduler.  Returns the
-    database; compile with `compile_tuned(mod, params, target, database)`.
+    `trials` is the global budget, shared round-robin by `GuardedRoundRobin` (pass
+    task_scheduler='gradient' for MetaSchedule's gradient scheduler, which can loop forever on an
+    exhausted task); `max_trials_per_task` caps each kernel.  Returns the database; compile with
+    `compile_tuned(mod, params, target, database)`.
     """
     tgt = resolve_target(target)
     work_dir, database = _prepare(work_dir, database)
@@ -293,6 +350,7 @@ def tune_module(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
             prepared, params={}, target=tgt, work_dir=work_dir, max_trials_global=trials,
             max_trials_per_task=max_trials_per_task, num_trials_per_iter=trials_per_iter, op_names=op_names,
             builder=builder, runner=runner, database=database, cost_model=cost_model,
+            task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
             strategy=strategy if strategy is not None else default_strategy(), seed=seed)
     finally:
         if own_builder:
@@ -320,5 +378,5 @@ def compile_tuned(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
     return tvm.compile(prepared, target=tgt)
 
 
-__all__ = ["default_strategy", "KernelTuneResult", "tune_primfunc", "tune_primfuncs", "tune_module", "compile_tuned", "prepare_relax",
+__all__ = ["GuardedRoundRobin", "default_strategy", "KernelTuneResult", "tune_primfunc", "tune_primfuncs", "tune_module", "compile_tuned", "prepare_relax",
            "open_database", "best_record", "record_latency", "database_records", "FAILED_RUN_SECS"]
