@@ -46,7 +46,8 @@ RUNTIME_LABELS = {"tvm_original_tuned": "TVM original (tuned)", "gos_adapted_tun
                   "torch_eager": "PyTorch eager", "torch_compile": "torch.compile", "onnxruntime": "onnxruntime"}
 TARGET_SPEEDUP = 2.2     # the published minimum over the tuned original
 TARGET_ACC_LOSS = 0.01   # at most 1 percentage point of test accuracy
-NOISE_NOTE = ("Latencies are from one run on a shared, noisy 2-core machine (other jobs were running); "
+NOISE_NOTE = ("Latencies are from one run on a shared, noisy 2-core machine (other jobs were running, at times "
+              "another model of this suite too, started as a separate process); "
               "expect run-to-run variation of tens of percent. TVM numbers are measured over the local RPC "
               "server, PyTorch / onnxruntime in-process, all at batch 1, float32, 2 threads.")
 
@@ -65,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="reduced run (fewer epochs, trials, sites, repeats)")
     p.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile (reported as n/a)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report-only", action="store_true",
+                   help="only rebuild models.json / .md / .png from the records in <out>/raw")
     args = p.parse_args(argv)
     q = args.quick
     args.trials = args.trials or (12 if q else 48)
@@ -380,6 +383,10 @@ def main(argv=None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     print(f"[machine] {machine}", flush=True)
+    if args.report_only:  # keep the machine record of the run that produced the results
+        if (out / "models.json").exists():
+            machine = json.loads((out / "models.json").read_text()).get("machine", machine)
+        return write_outputs(out, machine)
     failed = {}
     for name in args.models:
         try:
