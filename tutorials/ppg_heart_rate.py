@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    epochs = args.epochs or (25 if args.small else 60)
+    epochs = args.epochs or 30
     trials = args.trials or (16 if args.small else 32)
     kernel_trials = args.kernel_trials or (4 if args.small else 8)
     torch.manual_seed(args.seed)

@@ -51,7 +51,7 @@ class DataConfig:
 
     @classmethod
     def small(cls, seed: int = 0) -> "DataConfig":
-        return cls(n_subjects=8, windows_per_subject=60, n_val_subjects=2, n_test_subjects=2, seed=seed)
+        return cls(n_subjects=8, windows_per_subject=100, n_val_subjects=2, n_test_subjects=2, seed=seed)
 
     def key(self) -> str:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
