@@ -207,6 +207,9 @@ def main(argv=None) -> dict:
         heartpy[example].update(heartpy_mean_bpm=float(np.mean(r["heartpy_bpm"])) if r["windows"] else None,
                                 model_mean_bpm=float(np.mean(r["model_bpm"])) if r["windows"] else None,
                                 fs=fs)
+        if not r["windows"]:
+            print(f"[heartpy] example {example}: heartpy rejected every window; nothing to compare")
+            continue
         print(f"[heartpy] example {example} ({fs:.0f} Hz): {r['windows']} windows, heartpy mean "
               f"{heartpy[example]['heartpy_mean_bpm']:.1f} BPM, adapted model mean "
               f"{heartpy[example]['model_mean_bpm']:.1f} BPM, mean |difference| {r['mae_bpm']:.1f} BPM")
