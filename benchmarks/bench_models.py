@@ -325,6 +325,8 @@ def markdown(records: list[dict], machine: dict) -> str:
         notes.append(f"- {r['model']}: ONNX export {'ok' if o.get('ok') else 'FAILED'}; onnxruntime vs torch max |diff| "
                      f"{o.get('onnxruntime_max_abs_diff', 'n/a')}; TVM from_onnx vs torch max |diff| "
                      f"{o.get('tvm_from_onnx_max_abs_diff', o.get('tvm_from_onnx_error', 'n/a'))}")
+        for note in r.get("run_notes", []):  # added by hand to a raw record, e.g. an interrupted and resumed run
+            notes.append(f"- {r['model']}: {note}")
         kept = [d for d in r["decisions"] if not d["choice"]]
         for d in kept:
             notes.append(f"- {r['model']}: {d['site']} kept: {d['reason']}")
