@@ -18,7 +18,9 @@ would.  Rows:
                model: what the warm workers alone change.
   ours         gos_tvm.hw.tune_primfunc's defaults: WarmBuilder + TrackerRunner, the fast
                tensor-intrinsic import, default_strategy() (population 256, 3 genetic
-               iterations), MetaSchedule's XGBoost cost model.
+               iterations) and default_cost_model() (MetaSchedule's XGBoost model, whose
+               training is deferred until it can predict: it predicts random scores below
+               100 samples either way).
 
 Trials per minute = measured candidates with a valid run time / wall time of the row (builder and
 runner construction included, pool start-up excluded).  Each row is bounded by `--row-timeout`: a
@@ -43,7 +45,7 @@ DESCRIPTIONS = {
     "stock": "LocalBuilder() [30 s timeout, new pool per batch] + RPCRunner, stock search & XGB",
     "stock-long": "LocalBuilder(timeout_sec=600) + RPCRunner, stock search & XGB",
     "warm": "WarmBuilder + TrackerRunner, stock search & XGB",
-    "ours": "WarmBuilder + TrackerRunner + fast intrinsic import + default_strategy(), stock XGB",
+    "ours": "WarmBuilder + TrackerRunner + fast intrinsic import + default_strategy() + default_cost_model()",
 }
 
 

@@ -54,6 +54,12 @@ def test_workers_stay_warm_across_batches_and_recycle(target):
         np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
         for r in first + second + third:
             assert r.artifact_path.endswith(".so") and os.path.exists(r.artifact_path)
+        # memory recycling: a worker above the limit is stopped after the batch, restarted on demand
+        builder.max_worker_rss_mb = 1.0
+        assert builder.build(_inputs(target, 1))[0].error_msg is None
+        assert builder.recycled_for_memory == 1 and builder.worker_pids() == []
+        builder.max_worker_rss_mb = None
+        assert builder.build(_inputs(target, 1))[0].error_msg is None and len(builder.worker_pids()) == 1
     finally:
         builder.close()
 
@@ -68,15 +74,5 @@ def test_a_failing_build_is_reported_and_the_rest_of_the_batch_builds(target):
         assert results[0].artifact_path is None and "build failed" in results[0].error_msg
         assert results[1].error_msg is None and os.path.exists(results[1].artifact_path)
         assert builder.worker_pids() == warm_pids        # ...and it is that worker that built them
-    finally:
-        builder.close()
-
-
-def test_memory_recycling_restarts_fat_workers(target):
-    builder = WarmBuilder("local", max_workers=1, max_worker_rss_mb=1.0)  # every worker is "too fat"
-    try:
-        builder.build(_inputs(target, 1))
-        assert builder.recycled_for_memory == 1 and builder.worker_pids() == []
-        assert builder.build(_inputs(target, 1))[0].error_msg is None   # restarted on demand
     finally:
         builder.close()

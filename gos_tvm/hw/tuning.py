@@ -6,7 +6,7 @@
                             trials=32, builder=builder, work_dir="runs/conv")
         latency_s, record = res          # best measured mean latency (s), its TuningRecord
 
-The XGBoost cost model is on by default.  Records go to a JSON database (one line per measured
+The XGBoost cost model is on by default (`default_cost_model`).  Records go to a JSON database (one line per measured
 candidate, appended as each batch completes), so a crash or a dead device never loses the records
 already measured, and a later call with the same database warm-starts from them.
 """
@@ -32,7 +32,8 @@ from .presets import Preset, resolve_target
 if TYPE_CHECKING:  # pragma: no cover
     from .builder import WarmBuilder
 
-#: Run time MetaSchedule stores for a candidate that failed to build or run.
+#: Mean run time at or above which a record is a failure (MetaSchedule stores 1e10 s for a candidate
+#: that failed to build or run).
 FAILED_RUN_SECS = 1e9
 
 
@@ -171,6 +172,24 @@ def default_strategy() -> ms.search_strategy.EvolutionarySearch:
     return ms.search_strategy.EvolutionarySearch(population_size=256, genetic_num_iters=3)
 
 
+def default_cost_model(num_tuning_cores: Optional[int] = None, num_warmup_samples: int = 100) -> Any:
+    """MetaSchedule's XGBoost cost model, without the training that cannot be used.
+
+    `XGBModel` predicts *random* scores until it holds `num_warmup_samples` (100) measured
+    samples, yet it retrains its booster after every batch from the first one on: seconds of
+    host time per batch, thrown away.  Here training is deferred until the model can predict
+    with it (by starting its adaptive-training counter near the warm-up size), so the search
+    behaves exactly as with the stock model, only faster.  Share one instance across calls (the
+    `cost_model` argument) to let its samples accumulate past the warm-up.
+    """
+    model = ms.cost_model.XGBModel(num_tuning_cores=int(num_tuning_cores or os.cpu_count() or 1),
+                                   num_warmup_samples=num_warmup_samples, adaptive_training=True)
+    # XGBModel.update skips training while data_size - last_train_size < last_train_size / 5:
+    # the first training then happens once data_size reaches ~num_warmup_samples.
+    model.last_train_size = max(int(num_warmup_samples / 1.2), 1)
+    return model
+
+
 def _make_runner(tracker, key, runner):
     if runner is not None:
         if isinstance(runner, str) and runner == "local":
@@ -211,7 +230,7 @@ def tune_primfuncs(funcs: Union[Mapping[str, tirx.PrimFunc], Sequence[tirx.PrimF
                    trials_per_task: int = 32, trials_per_iter: int = 16,
                    work_dir: Optional[str] = None, database: Optional[ms.database.Database] = None,
                    builder: Optional[Any] = None, runner: Optional[Any] = None,
-                   cost_model: Union[str, ms.cost_model.CostModel] = "xgb",
+                   cost_model: Union[str, ms.cost_model.CostModel, None] = None,
                    task_scheduler: Any = None, strategy: Any = None, max_seconds: Optional[float] = None,
                    seed: Optional[int] = None, num_tuning_cores: Optional[int] = None) -> dict[str, KernelTuneResult]:
     """Tune several PrimFuncs (tasks) in one MetaSchedule session into one shared database.
@@ -234,8 +253,9 @@ def tune_primfuncs(funcs: Union[Mapping[str, tirx.PrimFunc], Sequence[tirx.PrimF
         Pass them to reuse warm workers across calls (recommended); `runner="local"` measures on
         this host without RPC (MetaSchedule's LocalRunner).
     cost_model:
-        'xgb' (XGBoost, default), 'random', or a CostModel object (reuse one to carry its training
-        data across calls).
+        Default `default_cost_model()` (MetaSchedule's XGBoost model, training deferred until it
+        can predict); 'xgb' for the stock XGBModel, 'random', or a CostModel object (reuse one
+        across calls to carry its samples).
     strategy:
         The search strategy; default `default_strategy()` (evolutionary, sized for small hosts).
     task_scheduler, max_seconds:
@@ -260,7 +280,8 @@ def tune_primfuncs(funcs: Union[Mapping[str, tirx.PrimFunc], Sequence[tirx.PrimF
         ms.tir_integration.tune_tir(
             mod, tgt, work_dir, max_trials_global=trials_per_task * len(funcs),
             max_trials_per_task=trials_per_task, num_trials_per_iter=min(trials_per_iter, trials_per_task),
-            builder=builder, runner=runner, database=database, cost_model=cost_model,
+            builder=builder, runner=runner, database=database,
+            cost_model=cost_model if cost_model is not None else default_cost_model(cores),
             task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
             strategy=strategy if strategy is not None else default_strategy(),
             num_tuning_cores=cores, seed=seed)
@@ -283,7 +304,7 @@ def tune_primfunc(func: tirx.PrimFunc, target: Union[str, dict, Preset, tvm.targ
                   tracker: Optional[tuple[str, int]] = None, key: Optional[str] = None,
                   trials: int = 32, trials_per_iter: int = 16, work_dir: Optional[str] = None,
                   database: Optional[ms.database.Database] = None, builder: Optional[Any] = None,
-                  runner: Optional[Any] = None, cost_model: Union[str, ms.cost_model.CostModel] = "xgb",
+                  runner: Optional[Any] = None, cost_model: Union[str, ms.cost_model.CostModel, None] = None,
                   strategy: Any = None, seed: Optional[int] = None, num_tuning_cores: Optional[int] = None,
                   task_scheduler: Any = None, max_seconds: Optional[float] = None) -> KernelTuneResult:
     """Tune one PrimFunc with MetaSchedule, measuring candidates on the device behind the tracker.
@@ -329,7 +350,7 @@ def tune_module(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
                 runner: Optional[Any] = None, builder: Optional[Any] = None, trials: int = 64,
                 trials_per_iter: int = 16, max_trials_per_task: Optional[int] = None,
                 database: Optional[ms.database.Database] = None, work_dir: Optional[str] = None,
-                cost_model: Union[str, ms.cost_model.CostModel] = "xgb", op_names: Optional[list[str]] = None,
+                cost_model: Union[str, ms.cost_model.CostModel, None] = None, op_names: Optional[list[str]] = None,
                 strategy: Any = None, seed: Optional[int] = None, task_scheduler: Any = None,
                 max_seconds: Optional[float] = None) -> ms.database.Database:
     """Tune every kernel of a Relax module (after `prepare_relax`) through the same builder and runner.
@@ -349,7 +370,8 @@ def tune_module(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
         ms.relax_integration.tune_relax(
             prepared, params={}, target=tgt, work_dir=work_dir, max_trials_global=trials,
             max_trials_per_task=max_trials_per_task, num_trials_per_iter=trials_per_iter, op_names=op_names,
-            builder=builder, runner=runner, database=database, cost_model=cost_model,
+            builder=builder, runner=runner, database=database,
+            cost_model=cost_model if cost_model is not None else default_cost_model(),
             task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
             strategy=strategy if strategy is not None else default_strategy(), seed=seed)
     finally:
@@ -378,5 +400,5 @@ def compile_tuned(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
     return tvm.compile(prepared, target=tgt)
 
 
-__all__ = ["GuardedRoundRobin", "default_strategy", "KernelTuneResult", "tune_primfunc", "tune_primfuncs", "tune_module", "compile_tuned", "prepare_relax",
+__all__ = ["GuardedRoundRobin", "default_strategy", "default_cost_model", "KernelTuneResult", "tune_primfunc", "tune_primfuncs", "tune_module", "compile_tuned", "prepare_relax",
            "open_database", "best_record", "record_latency", "database_records", "FAILED_RUN_SECS"]
