@@ -111,13 +111,20 @@ def test_adapted_model_is_faster_and_within_budget(resumed):
 
 
 def test_tuned_schedules_reach_the_build(resumed):
-    """End-to-end latency within 25% of what the database's best records add up to."""
+    """The compiled modules run no slower than 1.25x what their database's best records add up
+    to: a build that dropped the tuned schedules (compile_relax did, see DESIGN.md) runs the
+    default schedules, several times slower.
+
+    Only the upper bound is asserted.  On this 2-core machine the device is also the tuning
+    host, and per-kernel records came out up to 1.5x *above* the end-to-end time of the same
+    kernels (measured: ratios 0.53-1.04 in runs beside other jobs; a quiet re-measurement of the
+    same records gave 0.94-0.97), which says nothing about schedules going missing."""
     result, _, _ = resumed
     for name, lat in (("original", result.original_latency), ("adapted", result.adapted_latency)):
         ratio = lat["median_s"] / lat["kernel_sum_s"]
         print(f"{name}: measured {lat['median_s'] * 1e6:.1f} us, database kernels add up to "
               f"{lat['kernel_sum_s'] * 1e6:.1f} us (ratio {ratio:.2f})")
-        assert 0.75 <= ratio <= 1.25
+        assert ratio <= 1.25
 
 
 def test_exported_library_agrees_with_adapted_module(resumed, tmp_path):

@@ -199,7 +199,13 @@ class GOSearch:
                         trials=self.opt.trials - done, trials_per_iter=per_iter, database=db,
                         work_dir=str(self.store.database_dir / name), seed=self.opt.seed)
         tasks = ms.relax_integration.extract_tasks(prepared, self.device.target)
-        remeasure_best(db, [t.dispatched[0] for t in tasks], self.device.target, self.builder(), self.runner())
+        from ..hw import TrackerRunner
+
+        fresh = TrackerRunner(self.tracker, self.key)  # new measuring processes, as for the end-to-end run
+        try:
+            remeasure_best(db, [t.dispatched[0] for t in tasks], self.device.target, self.builder(), fresh)
+        finally:
+            fresh.close()
         executable = compile_tuned(mod, params, self.device, db)
         x = self.calib[:1]
         stats = measure_module(executable, self.device, self.tracker, self.key, [x], repeat=self.opt.repeat,
