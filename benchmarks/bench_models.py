@@ -155,13 +155,10 @@ def export_onnx(model: torch.nn.Module, x1: np.ndarray, path: Path, x_check: np.
 
 
 def tvm_accuracy(executable, x: np.ndarray, y: np.ndarray) -> float:
-    import tvm
-
     from gos_tvm import graph
 
     vm = graph.load_vm(executable)
-    pred = [int(vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x[i:i + 1]))).numpy().argmax())
-            for i in range(len(x))]
+    pred = [int(graph.run(vm, np.ascontiguousarray(x[i:i + 1]))[0].argmax()) for i in range(len(x))]
     return float((np.asarray(pred) == y).mean())
 
 
@@ -329,7 +326,15 @@ def markdown(records: list[dict], machine: dict) -> str:
             notes.append(f"- {r['model']}: {note}")
         kept = [d for d in r["decisions"] if not d["choice"]]
         for d in kept:
-            notes.append(f"- {r['model']}: {d['site']} kept: {d['reason']}")
+            if d["reason"]:
+                notes.append(f"- {r['model']}: {d['site']} kept: {d['reason']}")
+        unvisited = [d["site"] for d in kept if not d["reason"]]
+        if unvisited:
+            notes.append(f"- {r['model']}: not searched (max_sites={r['config']['max_sites']} reached first): "
+                         + ", ".join(unvisited))
+        for d in r["decisions"]:
+            if d["choice"]:
+                notes.append(f"- {r['model']}: {d['site']} replaced: {d['reason']}")
     if notes:
         lines += ["", "Notes:", "", *notes]
     lines += ["", "T = MetaSchedule trials for each whole model (original and adapted tuned with the same T); "

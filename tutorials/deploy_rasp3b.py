@@ -52,7 +52,8 @@ x = np.load("input.npy")
 for name in sys.argv[1:] or ["original_{preset}.so", "adapted_{preset}.so"]:
     lib = tvm.runtime.load_module(name)
     vm = relax.VirtualMachine(lib, tvm.cpu())
-    out = vm["main"](tvm.runtime.tensor(x)).numpy()
+    out = vm["main"](tvm.runtime.tensor(x))
+    out = (out if hasattr(out, "numpy") else out[0]).numpy()   # models imported from torch return a tuple
     ts = []
     for _ in range(50):
         t0 = time.perf_counter(); vm["main"](tvm.runtime.tensor(x)); ts.append(time.perf_counter() - t0)
