@@ -186,7 +186,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     from gos_tvm import graph, models
 
     rec: dict = {"model": name, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                 "command": shlex.join([sys.executable, *sys.argv]),
+                 "command": shlex.join([sys.executable, *sys.argv]), "machine": machine_info(),
                  "config": {k: getattr(args, k) for k in ("trials", "kernel_trials", "max_sites", "epochs", "budget",
                                                           "repeats", "seed", "quick")}}
     t_model = time.time()
@@ -372,6 +372,8 @@ def write_outputs(out: Path, machine: dict) -> dict:
     records = [json.loads(p.read_text()) for p in sorted(raw.glob("*.json"))]
     order = {m: i for i, m in enumerate(MODELS)}
     records.sort(key=lambda r: order.get(r["model"], 99))
+    # The machine as recorded by the run that measured the first model (its CPU, cores, load at start).
+    machine = next((r["machine"] for r in records if r.get("machine")), machine)
     doc = {"machine": machine, "note": NOISE_NOTE, "commands": sorted({r["command"] for r in records}),
            "target": {"speedup": TARGET_SPEEDUP, "max_accuracy_loss_points": 100 * TARGET_ACC_LOSS},
            "models": records}
