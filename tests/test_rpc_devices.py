@@ -182,8 +182,14 @@ def test_measure_compiled_relax_model_end_to_end(pool):
 
 @pytest.mark.slow
 def test_tune_relax_module_and_apply_the_database(pool, builder, tmp_path):
-    """tune_module + compile_tuned: the tuned module is measured, and is not slower than untuned."""
+    """tune_module + compile_tuned: the tuned schedules reach the compiled module -- its measured
+    latency is consistent with the sum of the database's best kernel records -- and it computes
+    the model.  (Whether tuned beats untuned is not asserted: for microsecond kernels the
+    untuned serial loops can win over MetaSchedule's parallel schedules.)"""
+    import tvm_ffi
+
     from gos_tvm.hw import compile_tuned, measure_module, tune_module
+    from gos_tvm.hw.tuning import record_latency
 
     net, x, mod = _tiny_relax()
     runner = TrackerRunner(pool.tracker, pool.key)
@@ -192,10 +198,13 @@ def test_tune_relax_module_and_apply_the_database(pool, builder, tmp_path):
                          work_dir=str(tmp_path), seed=0)
     finally:
         runner.close()
-    assert len(list(db.get_all_tuning_records())) >= 24
+    best: dict[int, float] = {}
+    for rec in db.get_all_tuning_records():
+        h = int(tvm_ffi.structural_hash(rec.workload.mod))
+        best[h] = min(best.get(h, math.inf), record_latency(rec))
+    assert len(best) >= 3 and all(math.isfinite(v) for v in best.values())
     tuned = measure_module(compile_tuned(mod, None, "local", db), "local", pool.tracker, pool.key, [x],
                            repeat=9, number=10, fetch_outputs=True)
-    plain = measure_module(compile_tuned(mod, None, "local"), "local", pool.tracker, pool.key, [x],
-                           repeat=9, number=10)
     np.testing.assert_allclose(tuned.outputs[0], net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
-    assert math.isfinite(tuned.median) and tuned.median < plain.median * 1.5
+    kernels = sum(best.values())
+    assert 0.3 * kernels < tuned.median < 3 * kernels + 50e-6, (tuned.median, kernels)
