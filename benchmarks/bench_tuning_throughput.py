@@ -40,6 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# Measure the gos_tvm of this checkout, whatever `pip install -e` points at.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 ROWS = ("stock", "stock-long", "warm", "ours")
 DESCRIPTIONS = {
     "stock": "LocalBuilder() [30 s timeout, new pool per batch] + RPCRunner, stock search & XGB",

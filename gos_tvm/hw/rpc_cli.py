@@ -30,9 +30,14 @@ def _install_sigterm() -> None:
 
 def _serve_forever(thread) -> int:
     """Block on the serving thread until SIGINT/SIGTERM, then exit at once (the thread never ends)."""
+    # Started by LocalDevicePool: exit with the process that started us, even if it was killed
+    # without cleaning up (no orphaned trackers and servers).
+    parent = int(os.environ.get("GOS_TVM_EXIT_WITH_PARENT", "0") or 0)
     try:
         while thread.is_alive():
             thread.join(0.5)
+            if parent and os.getppid() != parent:
+                break
     except KeyboardInterrupt:
         pass
     sys.stdout.flush()

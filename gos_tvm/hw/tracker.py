@@ -302,6 +302,7 @@ def _spawn(name: str, cmd: list[str], log_dir: Path) -> ManagedProcess:
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env["GOS_TVM_EXIT_WITH_PARENT"] = str(os.getpid())  # see rpc_cli._serve_forever
     try:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
