@@ -169,12 +169,13 @@ def test_measure_compiled_relax_model_end_to_end(pool):
     net, x, mod = _tiny_relax()
     executable = compile_tuned(mod, None, "local")
     stats = measure_module(executable, "local", pool.tracker, pool.key, [x], repeat=7, number=5,
-                           fetch_outputs=True)
+                           fetch_outputs=True, queue_timeout=300)
     assert stats.min > 0 and stats.min <= stats.median <= stats.max and len(stats.raw) == 7
     assert stats.std >= 0 and stats.mean == pytest.approx(sum(stats.raw) / 7)
     assert not stats.emulated
     np.testing.assert_allclose(stats.outputs[0], net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
-    again = measure_module(executable, "local", pool.tracker, pool.key, [x.numpy()], repeat=7, number=5)
+    again = measure_module(executable, "local", pool.tracker, pool.key, [x.numpy()], repeat=7, number=5,
+                           queue_timeout=300)
     assert again.outputs is None
     assert again.min > 0 and again.min <= again.median <= again.max  # no wall-clock bounds: a shared machine
     assert json.dumps(again.to_json())

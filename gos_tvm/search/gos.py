@@ -169,6 +169,8 @@ class GOSearch:
             for name, program in todo.items():
                 fname = f"k{program.structural_hash}"
                 lat = _best_latency(db, funcs[fname], self.device.target, fname)
+                if math.isfinite(lat) and not _best_schedule_is_correct(db, funcs[fname], program, fname):
+                    lat = float("inf")  # MetaSchedule produced a wrong kernel: never use it
                 self.store.record_measurement(f"kernel:{program.structural_hash}", kind="kernel",
                                               latency_s=lat, program=program.name, trials=self.opt.kernel_trials)
                 if math.isfinite(lat):
@@ -511,6 +513,36 @@ def _kernel_mod(func, symbol: str = "main"):
     if isinstance(func, tvm.IRModule):
         return func
     return tvm.IRModule({"main": func.with_attr("global_symbol", symbol)})
+
+
+def _best_schedule_is_correct(database, func, program: OpProgram, symbol: str) -> bool:
+    """Run the database's best schedule of a kernel on the host against the torch lowering.
+
+    Tuning only times kernels; a schedule that computes the wrong thing (seen with TVM 0.27
+    on some multi-contraction programs) would otherwise win on speed.
+    """
+    import torch
+    import tvm
+    from tvm.s_tir import Schedule
+
+    from ..instructions import default_target, to_torch
+
+    mod = _kernel_mod(func, symbol)
+    top = database.get_top_k(database.commit_workload(mod), 1)
+    if not top:
+        return False
+    sch = Schedule(mod)
+    top[0].trace.apply_to_schedule(sch, remove_postproc=False)
+    lib = tvm.compile(sch.mod, target=default_target())
+    module = to_torch(program, generator=torch.Generator().manual_seed(0))
+    x = {n: torch.randn(s, generator=torch.Generator().manual_seed(1)) for n, s in program.inputs.items()}
+    expected = module(**x).detach().numpy()
+    weights = module.weight_arrays()
+    out = tvm.runtime.tensor(np.zeros(program.output_shape, "float32"))
+    lib[symbol](*[tvm.runtime.tensor(v.numpy()) for v in x.values()],
+                *[tvm.runtime.tensor(weights[k]) for k in program.weights], out)
+    err = np.linalg.norm(out.numpy() - expected) / max(np.linalg.norm(expected), 1e-12)
+    return bool(err < 1e-4)
 
 
 def _records_of(database, func, symbol: str) -> int:
