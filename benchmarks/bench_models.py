@@ -101,6 +101,18 @@ def machine_info() -> dict:
             info[name] = __import__(name).__version__
         except Exception:  # noqa: BLE001 - recorded as missing
             info[name] = None
+    try:  # which gos_tvm tree was imported (editable installs can point at another checkout), and its commit
+        import subprocess
+
+        import gos_tvm
+        root = Path(gos_tvm.__file__).resolve().parent.parent
+        info["gos_tvm_path"] = str(root)
+        info["gos_tvm_commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                                text=True, timeout=10).stdout.strip() or None
+        info["gos_tvm_dirty"] = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "gos_tvm"],
+                                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except Exception:  # noqa: BLE001
+        pass
     try:
         info["loadavg_at_start"] = os.getloadavg()
     except OSError:
@@ -301,6 +313,9 @@ def markdown(records: list[dict], machine: dict) -> str:
              f"target {TARGET_SPEEDUP}x & ≤{100 * TARGET_ACC_LOSS:.0f} pt |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
+        if r.get("failed"):
+            lines.append(f"| {r['model']} | FAILED: {r['failed'][:160]} | | | | | | | | | not measured |")
+            continue
         lat, acc = r["latency"], r["test_accuracy"]
         repl = ", ".join(f"{x['site']}→{x['by']}" for x in r["replaced"]) or "none"
         t = r["target"]
@@ -315,6 +330,9 @@ def markdown(records: list[dict], machine: dict) -> str:
             f"{r['search']['wall_s'] / 60:.1f} min, {r['search']['device_measurements']} | {verdict} |")
     notes = []
     for r in records:
+        if r.get("failed"):
+            notes += [f"- {r['model']}: {n}" for n in r.get("run_notes", [])]
+            continue
         tc = r["latency"]["torch_compile"]
         if tc.get("na"):
             notes.append(f"- {r['model']}: torch.compile n/a: {tc['na']}")
@@ -379,8 +397,9 @@ def write_outputs(out: Path, machine: dict) -> dict:
            "models": records}
     (out / "models.json").write_text(json.dumps(doc, indent=2, default=float))
     (out / "models.md").write_text(markdown(records, machine))
-    if records:
-        plot(records, out / "models.png")
+    measured = [r for r in records if not r.get("failed")]
+    if measured:
+        plot(measured, out / "models.png")
     return doc
 
 
@@ -403,6 +422,11 @@ def main(argv=None) -> dict:
         except Exception as err:  # noqa: BLE001 - keep going with the next model, report the failure
             traceback.print_exc()
             failed[name] = f"{type(err).__name__}: {err}"
+            rec = {"model": name, "failed": failed[name], "command": shlex.join([sys.executable, *sys.argv]),
+                   "machine": machine, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                   "traceback_tail": traceback.format_exc().strip().splitlines()[-6:]}
+            (out / "raw" / f"{name}.json").write_text(json.dumps(rec, indent=2, default=float))
+            write_outputs(out, machine)
             continue
         (out / "raw" / f"{name}.json").write_text(json.dumps(rec, indent=2, default=float))
         write_outputs(out, machine)
