@@ -166,8 +166,12 @@ class GOSearch:
                                work_dir=str(self.store.database_dir / "kernels"))
             remeasure_best(db, [_kernel_mod(f, n) for n, f in funcs.items()], self.device.target,
                            self.builder(), self.runner())
+            done_hashes: dict[str, float] = {}  # identical sites (repeated blocks) share one kernel
             for name, program in todo.items():
                 fname = f"k{program.structural_hash}"
+                if program.structural_hash in done_hashes:
+                    out[name] = done_hashes[program.structural_hash]
+                    continue
                 lat = _best_latency(db, funcs[fname], self.device.target, fname)
                 if math.isfinite(lat) and not _best_schedule_is_correct(db, funcs[fname], program, fname):
                     lat = float("inf")  # MetaSchedule produced a wrong kernel: never use it
@@ -175,7 +179,7 @@ class GOSearch:
                                               latency_s=lat, program=program.name, trials=self.opt.kernel_trials)
                 if math.isfinite(lat):
                     self.cost_model.add(program, lat)
-                out[name] = lat
+                out[name] = done_hashes[program.structural_hash] = lat
         return out
 
     def model_latency(self, name: str, mod, params) -> dict:
@@ -603,7 +607,7 @@ def remeasure_best(database, workloads: Sequence, target, builder, runner) -> in
     return count
 
 
-def _database_kernel_sum(prepared, target, database) -> float:
+def _database_kernel_sum(prepared, target, database) -> float | None:
     """What the database's best records add up to for one run of the module: sum over its tuning
     tasks of (best measured latency x times the task runs)."""
     from tvm.s_tir import meta_schedule as ms
@@ -612,6 +616,6 @@ def _database_kernel_sum(prepared, target, database) -> float:
     for task in ms.relax_integration.extract_tasks(prepared, target):
         lat = _best_latency(database, task.dispatched[0], target)
         if not math.isfinite(lat):
-            return float("nan")  # a kernel without a record: no database estimate for the module
+            return None  # a kernel without a record: no database estimate for the module (JSON has no NaN)
         total += task.weight * lat
     return total
