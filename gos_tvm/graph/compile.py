@@ -228,26 +228,25 @@ def export_library(executable: relax.VMExecutable, path: str | os.PathLike, targ
     return path
 
 
+def _elf_field(path: str | os.PathLike, offset: int) -> int:
+    """A 2-byte field of an ELF header, in the file's byte order; ValueError if not ELF."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        raise ValueError(f"{path} is not an ELF file")
+    return int.from_bytes(head[offset:offset + 2], "little" if head[5] == 1 else "big")
+
+
 def elf_machine(path: str | os.PathLike) -> int:
     """The ``e_machine`` field of an ELF file (`EM_AARCH64` = 183, `EM_ARM` = 40, `EM_X86_64` = 62).
 
     Raises `ValueError` if ``path`` is not an ELF file."""
-    with open(path, "rb") as f:
-        head = f.read(20)
-    if len(head) < 20 or head[:4] != b"\x7fELF":
-        raise ValueError(f"{path} is not an ELF file")
-    order = "little" if head[5] == 1 else "big"
-    return int.from_bytes(head[18:20], order)
+    return _elf_field(path, 18)
 
 
 def elf_type(path: str | os.PathLike) -> int:
     """The ``e_type`` field of an ELF file (3 = ET_DYN, a shared object)."""
-    with open(path, "rb") as f:
-        head = f.read(20)
-    if len(head) < 20 or head[:4] != b"\x7fELF":
-        raise ValueError(f"{path} is not an ELF file")
-    order = "little" if head[5] == 1 else "big"
-    return int.from_bytes(head[16:18], order)
+    return _elf_field(path, 16)
 
 
 __all__ = ["as_target", "bind_params", "legalize", "apply_database", "compile_module", "run", "load_vm",
