@@ -2,6 +2,7 @@
 through them, parallel measurement, end-to-end measurement of a compiled Relax model, the CLI."""
 from __future__ import annotations
 
+import gc
 import json
 import math
 import subprocess
@@ -97,6 +98,9 @@ def test_tune_small_conv_through_the_tracker(pool, builder, tmp_path):
     np.testing.assert_allclose(args[-1].numpy(), ref, rtol=1e-4, atol=1e-4)
     again = rlib.time_evaluator("main", dev, number=5, repeat=5, min_repeat_ms=20)(*args).median
     assert again > 0 and latency > 0  # no wall-clock ratio: this machine is shared and noisy
+    # Free the server for the next test (remote handles keep the session open until collected).
+    del sess, rlib, dev, args
+    gc.collect()
 
 
 def test_servers_under_one_key_measure_in_parallel(pool, builder):
@@ -168,8 +172,16 @@ def test_measure_compiled_relax_model_end_to_end(pool):
 
     net, x, mod = _tiny_relax()
     executable = compile_tuned(mod, None, "local")
-    stats = measure_module(executable, "local", pool.tracker, pool.key, [x], repeat=7, number=5,
-                           fetch_outputs=True, queue_timeout=300)
+    gc.disable()  # the server must be released by measure_module itself, not by a later collection
+    try:
+        stats = measure_module(executable, "local", pool.tracker, pool.key, [x], repeat=7, number=5,
+                               fetch_outputs=True, queue_timeout=300)
+        deadline = time.monotonic() + 60
+        while query_tracker(*pool.tracker).free(pool.key) < 2:
+            assert time.monotonic() < deadline, "measure_module left its RPC server busy"
+            time.sleep(0.2)
+    finally:
+        gc.enable()
     assert stats.min > 0 and stats.min <= stats.median <= stats.max and len(stats.raw) == 7
     assert stats.std >= 0 and stats.mean == pytest.approx(sum(stats.raw) / 7)
     assert not stats.emulated

@@ -159,8 +159,11 @@ def _measure_once(library: str, tracker: tuple[str, int], key: str, args: list[n
     import tvm
     from tvm import relax
 
+    import gc
+
     sess = request_session(tracker[0], int(tracker[1]), key, queue_timeout=queue_timeout,
                            session_timeout=session_timeout)
+    rlib = dev = vm = remote_args = timer = None
     try:
         remote_name = os.path.basename(library)
         sess.upload(library, remote_name)
@@ -178,7 +181,11 @@ def _measure_once(library: str, tracker: tuple[str, int], key: str, args: list[n
         return LatencyStats.from_raw(list(result.results), number=number, device=preset.name,
                                      emulated=preset.emulated, outputs=outputs)
     finally:
-        del sess
+        # Every remote handle (module, VM, tensors, timer) keeps the session, and so the server,
+        # busy; the VM holds reference cycles, so without a collection here the server stays taken
+        # until the next garbage collection -- which a caller blocked waiting for a server never runs.
+        sess = rlib = dev = vm = remote_args = timer = None  # noqa: F841
+        gc.collect()
 
 
 __all__ = ["LatencyStats", "measure_module", "export_module"]
