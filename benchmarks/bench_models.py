@@ -137,6 +137,26 @@ def na(reason: str) -> dict:
     return {"median_s": None, "na": reason}
 
 
+def strict(obj):
+    """obj with every non-finite float (NaN, inf) replaced by None and numpy scalars made Python numbers,
+    so the JSON written is strict (json.loads with parse_constant rejecting NaN / Infinity reads it)."""
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def dump_json(obj) -> str:
+    return json.dumps(strict(obj), indent=2, default=float, allow_nan=False)
+
+
 # ----------------------------------------------------------------------------------------------
 # The per-model benchmark
 # ----------------------------------------------------------------------------------------------
@@ -395,7 +415,7 @@ def write_outputs(out: Path, machine: dict) -> dict:
     doc = {"machine": machine, "note": NOISE_NOTE, "commands": sorted({r["command"] for r in records}),
            "target": {"speedup": TARGET_SPEEDUP, "max_accuracy_loss_points": 100 * TARGET_ACC_LOSS},
            "models": records}
-    (out / "models.json").write_text(json.dumps(doc, indent=2, default=float))
+    (out / "models.json").write_text(dump_json(doc))
     (out / "models.md").write_text(markdown(records, machine))
     measured = [r for r in records if not r.get("failed")]
     if measured:
@@ -425,10 +445,10 @@ def main(argv=None) -> dict:
             rec = {"model": name, "failed": failed[name], "command": shlex.join([sys.executable, *sys.argv]),
                    "machine": machine, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                    "traceback_tail": traceback.format_exc().strip().splitlines()[-6:]}
-            (out / "raw" / f"{name}.json").write_text(json.dumps(rec, indent=2, default=float))
+            (out / "raw" / f"{name}.json").write_text(dump_json(rec))
             write_outputs(out, machine)
             continue
-        (out / "raw" / f"{name}.json").write_text(json.dumps(rec, indent=2, default=float))
+        (out / "raw" / f"{name}.json").write_text(dump_json(rec))
         write_outputs(out, machine)
         print(f"[{name}] done in {rec['model_wall_s'] / 60:.1f} min: speedup {rec['speedup_vs_tuned_original']:.2f}x, "
               f"test accuracy {rec['test_accuracy']['original']:.4f} -> {rec['test_accuracy']['adapted']:.4f}; "
