@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Un
 
 import tvm
 import tvm_ffi
-from tvm import relax, tirx
+from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 
 from tvm.ir.utils import derived_object
@@ -324,24 +324,13 @@ def tune_primfunc(func: tirx.PrimFunc, target: Union[str, dict, Preset, tvm.targ
 # Whole Relax modules
 # ---------------------------------------------------------------------------------------------
 
-def _bind(mod: tvm.IRModule, params: Optional[Mapping[str, Any]]) -> tvm.IRModule:
-    if not params:
-        return mod
-    import numpy as np
-
-    arrays = {k: (v if isinstance(v, tvm.runtime.Tensor) else tvm.runtime.tensor(np.asarray(v)))
-              for k, v in params.items()}
-    return relax.transform.BindParams("main", arrays)(mod)
-
-
 def prepare_relax(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
                   target: Union[str, dict, Preset, tvm.target.Target]) -> tvm.IRModule:
-    """Bind `params`, then legalize and fuse (`relax.get_pipeline('zero')`) under `target`: the module
+    """Bind `params`, then legalize and fuse under `target` (`gos_tvm.graph.legalize`): the module
     that MetaSchedule extracts tasks from and that the tuned database is applied to."""
-    tgt = resolve_target(target)
-    mod = _bind(mod, params)
-    with tgt, tvm.transform.PassContext(opt_level=3):
-        return relax.get_pipeline("zero")(mod)
+    from ..graph import legalize
+
+    return legalize(mod, params, resolve_target(target))
 
 
 def tune_module(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
@@ -388,16 +377,15 @@ def compile_tuned(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
     """Compile a Relax module for `target`, with the database's best schedules applied to its kernels
     (kernels without a record keep the default schedule).  Returns the executable (`export_library`-able).
 
-    The database is applied explicitly (`MetaScheduleApplyDatabase` on the legalized and fused module)
-    rather than through `compile_relax`, which was seen to drop the tuned schedules.
+    The database is applied explicitly (`gos_tvm.graph.compile_module`: `MetaScheduleApplyDatabase`
+    on the legalized and fused module) rather than through `compile_relax`, which was seen to drop
+    the tuned schedules.
     """
-    tgt = resolve_target(target)
-    prepared = prepare_relax(mod, params, tgt)
+    from ..graph import compile_module
+
     if database is not None:
-        import_tensor_intrin()
-        with tgt, database, tvm.transform.PassContext(opt_level=3):
-            prepared = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(prepared)
-    return tvm.compile(prepared, target=tgt)
+        import_tensor_intrin()  # records of tensorized schedules name TVM's registered intrinsics
+    return compile_module(mod, params, resolve_target(target), database)
 
 
 __all__ = ["GuardedRoundRobin", "default_strategy", "default_cost_model", "KernelTuneResult", "tune_primfunc", "tune_primfuncs", "tune_module", "compile_tuned", "prepare_relax",

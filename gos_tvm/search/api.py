@@ -64,10 +64,11 @@ class TuneResult:
         """The device executable of `config`, with the tuned schedules applied."""
         from ..hw import compile_tuned
 
+        config = config or self.chosen
         mod, params = self.build(config)
-        name = "adapted" if (config is None or config.key == self.chosen.key) else "original"
-        db = self._search.database(name) if any((config or self.chosen).choices.values()) \
-            else self._search.database("original")
+        # Replaced kernels were tuned into the adapted model's database; an all-original
+        # configuration is the original model, tuned into its own.
+        db = self._search.database("adapted" if any(config.choices.values()) else "original")
         return compile_tuned(mod, params, self.device, db)
 
     def export_library(self, path: str | os.PathLike, config: Configuration | None = None) -> Path:
@@ -115,10 +116,22 @@ def _device_pool(tracker, key: str | None, device):
         require_servers(host, int(port), k, 1)
         yield (host, int(port)), k
         return
+    from ..hw import LocalDevicePool
+
+    if device.emulated:
+        # The board's runtime under qemu on this host (built once by `gos-tvm rpc emulate`): a
+        # tracker on loopback with the emulated server as its only device.
+        from ..hw import emulate
+
+        with LocalDevicePool(key or device.key, n_servers=0) as pool:
+            with emulate.start_emulated_server(pool.tracker, pool.key, name=device.name):
+                yield pool.tracker, pool.key
+        return
     if not device.is_local:
         raise ValueError(f"device {device.name!r} is not this machine: pass tracker=(host, port) of the RPC "
-                         "tracker its servers registered with (see rpc/README.md)")
-    from ..hw import LocalDevicePool
+                         "tracker its servers registered with (see rpc/README.md), or use its emulated "
+                         f"form (gos_tvm.hw.emulate.emulated_preset({device.name!r}), `--emulated` on the "
+                         "command line) where one exists")
 
     with LocalDevicePool(key or device.key, n_servers=1) as pool:
         yield pool.tracker, pool.key
@@ -141,7 +154,7 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
             better; e.g. minus the mean absolute error) where predict maps inputs to outputs.
         accuracy_budget: the largest allowed drop of the score (0.01 = one percentage point).
         tracker, key: the RPC tracker `(host, port)` and device key; None starts a tracker and a
-            server on loopback (local device only).
+            server on loopback (the local device, or an emulated preset's qemu server).
         trials: MetaSchedule trials for each whole model (the original and the adapted, same budget).
         kernel_trials: trials for each site's and each candidate's kernel.
         work_dir: where everything is kept; rerunning with the same arguments resumes.

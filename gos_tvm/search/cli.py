@@ -15,6 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--onnx", help="an ONNX model file (then --data is required)")
     p.add_argument("--data", help=".npz with x_calib, x_val, y_val (for --onnx)")
     p.add_argument("--target", default="local", help="device preset: local, rasp3b, rasp3b-aarch64, redmi-note-7s")
+    p.add_argument("--emulated", action="store_true",
+                   help="measure on the emulated board (qemu-user on this host, built once with "
+                        "`gos-tvm rpc emulate TARGET --build-only`); timings are emulation timings, not board "
+                        "timings")
     p.add_argument("--tracker", help="RPC tracker host:port (default: start one with a server on loopback)")
     p.add_argument("--key", help="RPC key of the device (default: the preset's)")
     p.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per whole model (default 64)")
@@ -52,7 +56,12 @@ def run(args: argparse.Namespace) -> int:
         mod, params = graph.from_torch(model, __import__("torch").from_numpy(split.x_train[:1]))
         calib, val = split.x_train, (split.x_val, split.y_val)
     tracker = args.tracker
-    result = tune(mod, args.target, params=params, calib_data=calib, val_data=val, accuracy_budget=args.budget,
+    target = args.target
+    if args.emulated:
+        from ..hw import emulate
+
+        target = emulate.emulated_preset(args.target, key=args.key)
+    result = tune(mod, target, params=params, calib_data=calib, val_data=val, accuracy_budget=args.budget,
                   tracker=tracker, key=args.key, trials=args.trials, kernel_trials=args.kernel_trials,
                   work_dir=args.work_dir, seed=args.seed, max_sites=args.max_sites)
     print(result.summary())

@@ -20,6 +20,7 @@ every phase checks the log first, so a killed run resumes without measuring anyt
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -96,6 +97,8 @@ class GOSearch:
         self.sites = {s.id: s for s in self.analysis.sites}
         identity = {"model": _fingerprint(mod, self.params), "device": self.device.name,
                     "target": str(self.device.target), "seed": options.seed}
+        if self.device.emulated:  # emulation timings must never be resumed as the board's
+            identity["emulated"] = True
         self.store = WorkDir(work_dir, identity)
         self.state = self.store.load_state() or {"scores": {}, "candidates": {}, "decisions": {},
                                                  "configs": {}, "phase": "start"}
@@ -144,6 +147,7 @@ class GOSearch:
     def kernel_latencies(self, programs: Mapping[str, OpProgram]) -> dict[str, float]:
         """Tuned latency (s) of each program as a kernel on the device; measured once, ever."""
         from ..hw import tune_primfuncs
+        from ..hw.tuning import best_record, database_records
 
         out, todo = {}, {}
         for name, program in programs.items():
@@ -157,7 +161,7 @@ class GOSearch:
             db = self.database("kernels")
             funcs = {f"k{p.structural_hash}": to_te(p) for p in todo.values()}
             # A run killed mid-tuning left records in the database: only the rest of the budget is spent.
-            done = min(_records_of(db, f, n) for n, f in funcs.items())
+            done = min(len(database_records(db, _kernel_mod(f, n))) for n, f in funcs.items())
             trials = max(self.opt.kernel_trials - done, 0)
             if trials:
                 tune_primfuncs(funcs, self.device, trials_per_task=trials,
@@ -172,7 +176,7 @@ class GOSearch:
                 if program.structural_hash in done_hashes:
                     out[name] = done_hashes[program.structural_hash]
                     continue
-                lat = _best_latency(db, funcs[fname], self.device.target, fname)
+                lat, _ = best_record(db, _kernel_mod(funcs[fname], fname))
                 if math.isfinite(lat) and not _best_schedule_is_correct(db, funcs[fname], program, fname):
                     lat = float("inf")  # MetaSchedule produced a wrong kernel: never use it
                 self.store.record_measurement(f"kernel:{program.structural_hash}", kind="kernel",
@@ -273,12 +277,15 @@ class GOSearch:
         return {"rel_error": res.rel_error, "heldout_rel_error": res.heldout_rel_error,
                 "init_rel_error": res.init_rel_error, "seconds": res.seconds}
 
-    def _original_activations(self, site_id: str) -> tuple[np.ndarray, np.ndarray]:
-        if not hasattr(self, "_orig_acts"):
-            from .. import graph
+    @functools.cached_property
+    def _calib_activations(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Every site's (input, output) on the calibration data, captured once, when first needed."""
+        from .. import graph
 
-            self._orig_acts = graph.capture(self.mod, self.params, self.calib)
-        return self._orig_acts[site_id]
+        return graph.capture(self.mod, self.params, self.calib)
+
+    def _original_activations(self, site_id: str) -> tuple[np.ndarray, np.ndarray]:
+        return self._calib_activations[site_id]
 
     # ------------------------------------------------------------------ phases
 
@@ -502,8 +509,8 @@ def _predictor(vm) -> Predict:
         outs = []
         for i in range(len(x)):
             out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x[i: i + 1], dtype="float32")))
-            out = out[0] if isinstance(out, (list, tuple)) or hasattr(out, "__getitem__") and \
-                not hasattr(out, "numpy") else out
+            if not hasattr(out, "numpy"):  # a tuple of outputs: the model's prediction is the first
+                out = out[0]
             outs.append(out.numpy())
         return np.concatenate(outs)
 
@@ -547,22 +554,6 @@ def _best_schedule_is_correct(database, func, program: OpProgram, symbol: str) -
                 *[tvm.runtime.tensor(weights[k]) for k in program.weights], out)
     err = np.linalg.norm(out.numpy() - expected) / max(np.linalg.norm(expected), 1e-12)
     return bool(err < 1e-4)
-
-
-def _records_of(database, func, symbol: str) -> int:
-    """Measured records of one kernel in a database (0 if it was never tuned)."""
-    mod = _kernel_mod(func, symbol)
-    if not database.has_workload(mod):
-        return 0
-    return len(database.get_top_k(database.commit_workload(mod), 1 << 20))
-
-
-def _best_latency(database, func, target, symbol: str = "main") -> float:
-    """The best measured mean latency (s) of a kernel in a database; inf if none ran."""
-    record = database.query_tuning_record(_kernel_mod(func, symbol), target, "main")
-    if record is None or not record.run_secs:
-        return float("inf")
-    return float(np.mean([float(s) for s in record.run_secs]))
 
 
 def remeasure_best(database, workloads: Sequence, target, builder, runner) -> int:
@@ -612,9 +603,11 @@ def _database_kernel_sum(prepared, target, database) -> float | None:
     tasks of (best measured latency x times the task runs)."""
     from tvm.s_tir import meta_schedule as ms
 
+    from ..hw.tuning import best_record
+
     total = 0.0
     for task in ms.relax_integration.extract_tasks(prepared, target):
-        lat = _best_latency(database, task.dispatched[0], target)
+        lat, _ = best_record(database, task.dispatched[0])
         if not math.isfinite(lat):
             return None  # a kernel without a record: no database estimate for the module (JSON has no NaN)
         total += task.weight * lat
