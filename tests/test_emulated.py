@@ -167,3 +167,62 @@ def test_metaschedule_tuning_through_the_emulated_device(device, tmp_path):
     assert math.isfinite(latency) and latency > 0
     print(f"\nemulated {NAME}: tuned conv2d (1,4,8,8)->8 3x3 best {latency * 1e6:.1f} us over {res.trials} trials "
           f"({res.failed} failed) -- emulation timing, not a board timing")
+
+
+class DigitsNet(torch.nn.Module):
+    """Small enough that a whole search runs under emulation in minutes (8x8 digits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 32, 3, padding=1)
+        self.fc = torch.nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+@needs_device
+def test_gos_tune_through_the_emulated_device(device, tmp_path):
+    """`gos_tvm.tune` with the emulated preset: every kernel and model measurement of the search
+    runs on the emulated board; the result is labelled emulated everywhere; the adapted model,
+    tuned for the board, runs there and agrees with its host build; a later run on the real board
+    cannot resume the emulated work directory."""
+    import json
+
+    import gos_tvm
+    from gos_tvm import models
+    from gos_tvm.graph import EM_AARCH64, compile_module, elf_machine, run
+    from gos_tvm.hw import measure_module
+
+    tracker, key, dev = device
+    split = models.digits(size=8)
+    torch.manual_seed(0)
+    net = models.train(DigitsNet(), split, epochs=8)
+    assert models.accuracy(net, split.x_val, split.y_val) > 0.9
+    work = tmp_path / "gos"
+    result = gos_tvm.tune(net, dev, calib_data=split.x_train[:128], val_data=(split.x_val, split.y_val),
+                          accuracy_budget=0.05, tracker=tracker, key=key, trials=6, kernel_trials=2,
+                          work_dir=work, max_sites=1, seed=0)
+    print("\n" + result.summary())
+    assert result.device.emulated and "EMULATED" in result.summary()
+    report = json.loads(result.report_path.read_text())
+    assert report["device"]["emulated"] is True and report["device"]["preset"] == NAME
+    assert result.device_measurements > 0
+    assert all(json.loads(line) for line in (work / "measurements.jsonl").read_text().splitlines())
+    assert math.isfinite(result.original_latency["median_s"]) and math.isfinite(result.adapted_latency["median_s"])
+    assert {d.site for d in result.decisions} <= {"conv1", "conv2", "fc"} and result.decisions
+
+    lib = result.export_library(tmp_path / "adapted.so")
+    assert elf_machine(lib) == EM_AARCH64
+    x = split.x_test[:1]
+    stats = measure_module(None, dev, tracker, key, [x], repeat=2, number=1, fetch_outputs=True,
+                           session_timeout=600, library=str(lib))
+    (host_out,) = run(compile_module(result.mod, result.params), x)
+    np.testing.assert_allclose(stats.outputs[0], host_out, rtol=1e-4, atol=1e-4)
+
+    with pytest.raises(ValueError, match="emulated"):
+        gos_tvm.tune(net, "rasp3b-aarch64", calib_data=split.x_train[:128], val_data=(split.x_val, split.y_val),
+                     tracker=tracker, key=key, work_dir=work)

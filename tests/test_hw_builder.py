@@ -76,3 +76,18 @@ def test_a_failing_build_is_reported_and_the_rest_of_the_batch_builds(target):
         assert builder.worker_pids() == warm_pids        # ...and it is that worker that built them
     finally:
         builder.close()
+
+
+def test_default_search_evolves_only_when_the_cost_model_can_predict():
+    """MetaSchedule's XGBoost model scores candidates at random below its warm-up size, so the
+    default search only runs genetic iterations in a session where the model gets trained."""
+    from gos_tvm.hw.tuning import _strategy_for, default_cost_model
+
+    model = default_cost_model(1)
+    assert model.num_warmup_samples == 100 and model.data_size == 0
+    assert _strategy_for(None, model, 64).genetic_num_iters == 0
+    assert _strategy_for(None, model, 160).genetic_num_iters == 3
+    model.data_size = 90                                 # samples carried over from an earlier session
+    assert _strategy_for(None, model, 16).genetic_num_iters == 3
+    assert _strategy_for("evolutionary", model, 16) == "evolutionary"   # an explicit choice is kept
+    assert _strategy_for(None, "xgb", 16).genetic_num_iters == 3       # a named model: stock behaviour

@@ -179,3 +179,17 @@ def test_cost_model_ranks_held_out_measurements(resumed):
     print(f"cost model: Spearman rho {rho:.3f} over {len(samples)} held-out kernels")
     assert rho > 0.3
     assert isinstance(samples[0], Sample)
+
+
+def test_work_dir_identity_compares_every_key(tmp_path):
+    """A key recorded by the first run and absent now (an emulated run resumed as the real board)
+    is a different run, refused without touching run.json."""
+    from gos_tvm.search.store import WorkDir
+
+    ident = {"model": "m", "device": "rasp3b-aarch64", "target": "t", "seed": 0}
+    WorkDir(tmp_path / "w", {**ident, "emulated": True})
+    before = (tmp_path / "w" / "run.json").read_text()
+    with pytest.raises(ValueError, match="emulated: True there, None now"):
+        WorkDir(tmp_path / "w", ident)
+    WorkDir(tmp_path / "w", {**ident, "emulated": True})  # the same run resumes
+    assert (tmp_path / "w" / "run.json").read_text() == before

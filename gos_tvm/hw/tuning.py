@@ -164,12 +164,35 @@ class GuardedRoundRobin(PyTaskScheduler):
         return -1
 
 
-def default_strategy() -> ms.search_strategy.EvolutionarySearch:
-    """MetaSchedule's evolutionary search sized for small hosts: population 256 and 3 genetic
-    iterations (stock: 512 and 4).  Choosing each batch costs about 2.5x less host time, which on a
-    2-core machine is most of a batch once builds are warm; the XGBoost model still ranks every
-    candidate.  Pass strategy='evolutionary' for the stock configuration."""
-    return ms.search_strategy.EvolutionarySearch(population_size=256, genetic_num_iters=3)
+def default_strategy(evolve: bool = True) -> ms.search_strategy.EvolutionarySearch:
+    """MetaSchedule's evolutionary search sized for small hosts.
+
+    evolve=True: population 256 and 3 genetic iterations (stock: 512 and 4).  Choosing each batch
+    costs about 2.5x less host time, which on a 2-core machine is most of a batch once builds are
+    warm; the XGBoost model still ranks every candidate.
+
+    evolve=False, for a session whose cost model cannot predict: MetaSchedule's XGBoost model
+    scores candidates *at random* until it holds `num_warmup_samples` (100) measurements, so
+    mutating a population towards its scores is a random walk that costs host time (45% of a
+    64-trial session's wall time here, by MetaSchedule's profiler) and buys nothing over random
+    sampling.  Then the search samples a small random population of the design space and measures
+    from it (no genetic iterations); database records still seed it.
+
+    Pass strategy='evolutionary' to the tuning functions for the stock configuration.
+    """
+    if evolve:
+        return ms.search_strategy.EvolutionarySearch(population_size=256, genetic_num_iters=3)
+    return ms.search_strategy.EvolutionarySearch(population_size=64, init_min_unmeasured=48, genetic_num_iters=0)
+
+
+def _strategy_for(strategy: Any, cost_model: Any, session_trials: int) -> Any:
+    """`strategy`, or the default one: evolving only if the cost model can predict during the session."""
+    if strategy is not None:
+        return strategy
+    warm_up = getattr(cost_model, "num_warmup_samples", None)
+    if warm_up is None:  # a cost model that predicts from the start (or a named stock one)
+        return default_strategy(evolve=True)
+    return default_strategy(evolve=getattr(cost_model, "data_size", 0) + session_trials > warm_up)
 
 
 def default_cost_model(num_tuning_cores: Optional[int] = None, num_warmup_samples: int = 100) -> Any:
@@ -257,7 +280,8 @@ def tune_primfuncs(funcs: Union[Mapping[str, tirx.PrimFunc], Sequence[tirx.PrimF
         can predict); 'xgb' for the stock XGBModel, 'random', or a CostModel object (reuse one
         across calls to carry its samples).
     strategy:
-        The search strategy; default `default_strategy()` (evolutionary, sized for small hosts).
+        The search strategy; default `default_strategy()` (evolutionary, sized for small hosts;
+        without genetic iterations when the cost model cannot predict within this session).
     task_scheduler, max_seconds:
         Default `GuardedRoundRobin(max_seconds=...)`: equal budgets, no endless loop on an exhausted
         task, and (optionally) a wall-clock bound on the session; 'gradient'/'round-robin' for stock.
@@ -275,15 +299,16 @@ def tune_primfuncs(funcs: Union[Mapping[str, tirx.PrimFunc], Sequence[tirx.PrimF
     runner = _make_runner(tracker, key, runner)
     builder = _make_builder(builder, _device_of(target))
     cores = int(num_tuning_cores or os.cpu_count() or 1)
+    cost_model = cost_model if cost_model is not None else default_cost_model(cores)
     mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
     try:
         ms.tir_integration.tune_tir(
             mod, tgt, work_dir, max_trials_global=trials_per_task * len(funcs),
             max_trials_per_task=trials_per_task, num_trials_per_iter=min(trials_per_iter, trials_per_task),
             builder=builder, runner=runner, database=database,
-            cost_model=cost_model if cost_model is not None else default_cost_model(cores),
+            cost_model=cost_model,
             task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
-            strategy=strategy if strategy is not None else default_strategy(),
+            strategy=_strategy_for(strategy, cost_model, trials_per_task * len(funcs)),
             num_tuning_cores=cores, seed=seed)
     finally:
         if own_builder:
@@ -355,14 +380,15 @@ def tune_module(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
     runner = _make_runner(tracker, key, runner)
     builder = _make_builder(builder, _device_of(target))
     prepared = prepare_relax(mod, params, tgt)
+    cost_model = cost_model if cost_model is not None else default_cost_model()
     try:
         ms.relax_integration.tune_relax(
             prepared, params={}, target=tgt, work_dir=work_dir, max_trials_global=trials,
             max_trials_per_task=max_trials_per_task, num_trials_per_iter=trials_per_iter, op_names=op_names,
             builder=builder, runner=runner, database=database,
-            cost_model=cost_model if cost_model is not None else default_cost_model(),
+            cost_model=cost_model,
             task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
-            strategy=strategy if strategy is not None else default_strategy(), seed=seed)
+            strategy=_strategy_for(strategy, cost_model, trials), seed=seed)
     finally:
         if own_builder:
             builder.close()

@@ -60,7 +60,8 @@ class WorkDir:
             except json.JSONDecodeError:
                 raise ValueError(f"{path} is not valid JSON; this directory was not written by gos_tvm "
                                  "or was damaged: choose another work_dir") from None
-            diff = {k: (old.get(k), v) for k, v in identity.items() if old.get(k) != v}
+            diff = {k: (old.get(k), identity.get(k)) for k in {**old, **identity}
+                    if old.get(k) != identity.get(k)}
             if diff:
                 detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
                 raise ValueError(f"work_dir {self.path} holds a search of another run ({detail}). "
