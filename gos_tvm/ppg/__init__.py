@@ -5,9 +5,9 @@ cross-compile for the Raspberry Pi 3).  Needs the optional packages neurokit2 an
 """
 from .data import (CHANNELS, FS, HR_MAX, HR_MIN, WINDOW, DataConfig, PPGData, Split, generate,
                    heartpy_compare, heartpy_recording, resample, simulate_subject, simulate_window,
-                   spectral_hr, window_input)
+                   spectral_hr, spectral_hr_acc, window_input)
 from .model import TCN, mae, predict_torch, train
 
 __all__ = ["CHANNELS", "FS", "HR_MAX", "HR_MIN", "WINDOW", "DataConfig", "PPGData", "Split", "generate",
            "heartpy_compare", "heartpy_recording", "resample", "simulate_subject", "simulate_window",
-           "spectral_hr", "window_input", "TCN", "mae", "predict_torch", "train"]
+           "spectral_hr", "spectral_hr_acc", "window_input", "TCN", "mae", "predict_torch", "train"]

@@ -4,9 +4,13 @@ Windows are 8 s at 32 Hz (256 samples) with four channels: PPG and acceleration 
 the input format of the TCNs used on PPG-DaLiA (TEMPONet, TimePPG).  The clean pulse
 wave comes from `neurokit2.ppg_simulate`; motion artefacts are made from the simulated
 acceleration (periodic arm motion at a cadence, with harmonics), band-pass filtered and
-projected into the PPG channel with subject-specific weights plus a quadratic term, so the
-artefact is correlated with the accelerometer (as on a real wristband) and the network
-can use the acceleration to tell the pulse from the motion.
+projected into the PPG channel with subject-specific weights plus a quadratic term, through a
+short subject-specific causal filter (tissue and sensor-coupling dynamics), so the artefact
+is correlated with the accelerometer (as on a real wristband) and the network can use the
+acceleration to tell the pulse from the motion.  A smaller narrow-band part of the artefact
+(10-40 % of its amplitude) has no trace in the accelerometer (finger and tendon movement).
+The artefact is 1-3x the pulse amplitude per unit of motion: during activity it often
+dominates the pulse, as on a wrist, so the spectral peak of the PPG alone is often wrong.
 
 Subjects differ in physiology (heart-rate variability, pulse-shape modulation, baseline
 drift) and noise (sensor noise, artefact gain and projection, cadence range).  The split
@@ -36,25 +40,27 @@ WINDOW_S = 8             # seconds
 WINDOW = FS * WINDOW_S   # samples
 HR_MIN, HR_MAX = 50.0, 180.0
 CHANNELS = ("ppg", "acc_x", "acc_y", "acc_z")
-ACC_SCALE = 1.0          # acceleration in g; the network sees it as is (no per-window scaling)
+DATA_VERSION = 4         # bump when the simulation or `window_input` changes (part of the cache key)
+ACC_FLOOR = 0.05         # g: floor of the per-window acceleration scale (rest windows are not blown up to unit noise)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Size and seed of a simulated data set.  ``small()`` is the reduced size used by tests."""
 
-    n_subjects: int = 12
-    windows_per_subject: int = 240
-    n_val_subjects: int = 2
-    n_test_subjects: int = 2
+    n_subjects: int = 20
+    windows_per_subject: int = 300
+    n_val_subjects: int = 3
+    n_test_subjects: int = 3
     seed: int = 0
 
     @classmethod
     def small(cls, seed: int = 0) -> "DataConfig":
-        return cls(n_subjects=8, windows_per_subject=100, n_val_subjects=2, n_test_subjects=2, seed=seed)
+        return cls(n_subjects=12, windows_per_subject=150, n_val_subjects=2, n_test_subjects=2, seed=seed)
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        # DATA_VERSION changes whenever the simulation or the input format changes (stale caches)
+        return hashlib.sha1(json.dumps(asdict(self) | {"version": DATA_VERSION}, sort_keys=True).encode()).hexdigest()[:10]
 
 
 @dataclass
@@ -81,11 +87,14 @@ def _subject_params(rng: np.random.Generator) -> dict:
         "pulse_cutoff_hz": rng.uniform(3.0, 8.0),         # pulse-shape smoothing (vessel/tissue low-pass)
         "drift": rng.uniform(0.0, 0.5),
         "noise": rng.uniform(0.02, 0.08),                 # sensor noise (x pulse amplitude)
-        "artefact_gain": rng.uniform(0.5, 1.5),           # how strongly motion reaches the PPG
+        "artefact_gain": rng.uniform(1.0, 3.0),           # how strongly motion reaches the PPG
         "projection": rng.normal(0.0, 1.0, 3),            # which acceleration axes leak into the PPG
         "quadratic": rng.uniform(0.0, 0.5),               # non-linear part of the artefact
         "cadence_hz": np.sort(rng.uniform(0.8, 2.8, 2)),  # this subject's range of arm-motion cadences
-        "p_active": rng.uniform(0.5, 0.9),                # share of windows with arm motion
+        "p_active": rng.uniform(0.6, 0.95),               # share of windows with arm motion
+        # tissue / sensor-coupling dynamics: the PPG sees the motion through a short causal filter
+        "response": np.r_[1.0, rng.uniform(-0.6, 0.8, 3)] * np.exp(-np.arange(4) / rng.uniform(0.7, 2.5)),
+        "unobserved": rng.uniform(0.1, 0.4),              # motion the wrist accelerometer does not see
     }
 
 
@@ -126,17 +135,32 @@ def simulate_window(hr: float, params: dict, rng: np.random.Generator) -> dict[s
             acc += amp * rel * axes * np.sin(2 * np.pi * k * f0 * t + phase)
     motion = _bandpass(acc, 0.4, 5.0)                      # the dynamic part of the acceleration
     lin = np.tensordot(params["projection"], motion, axes=1)
+    resp = np.asarray(params.get("response", [1.0]), dtype="float64")
+    lin = np.convolve(lin, resp / np.abs(resp).sum(), mode="full")[:WINDOW]
     artefact = params["artefact_gain"] * (lin + params["quadratic"] * (lin ** 2 - (lin ** 2).mean()))
+    if params.get("unobserved", 0.0) > 0 and lin.std() > 0:
+        # finger / tendon movement: narrow-band motion in the PPG with no trace in the accelerometer
+        hidden = _bandpass(rng.normal(0.0, 1.0, WINDOW + 64), 0.6, 3.0)[32:32 + WINDOW]
+        artefact = artefact + params["unobserved"] * artefact.std() / (hidden.std() + 1e-8) * hidden
     ppg = clean + artefact + rng.normal(0.0, params["noise"], WINDOW)
     return {"clean": clean.astype("float32"), "acc": acc.astype("float32"),
             "artefact": artefact.astype("float32"), "ppg": ppg.astype("float32")}
 
 
 def window_input(ppg: np.ndarray, acc: np.ndarray) -> np.ndarray:
-    """The network input (4, 256) of one window: z-scored PPG and the acceleration in g."""
+    """The network input (4, 256) of one window, standardised per channel.
+
+    PPG: z-scored (its amplitude depends on the sensor and skin).  Acceleration: each axis
+    minus its mean (gravity) divided by its standard deviation, floored at ``ACC_FLOOR`` g
+    so that the sensor noise of a window at rest stays small instead of being scaled to unit
+    variance.
+    """
     ppg = np.asarray(ppg, dtype="float64")
     ppg = (ppg - ppg.mean()) / (ppg.std() + 1e-8)
-    return np.concatenate([ppg[None], np.asarray(acc, dtype="float64") / ACC_SCALE]).astype("float32")
+    acc = np.asarray(acc, dtype="float64")
+    acc = acc - acc.mean(-1, keepdims=True)
+    acc = acc / np.maximum(acc.std(-1, keepdims=True), ACC_FLOOR)
+    return np.concatenate([ppg[None], acc]).astype("float32")
 
 
 def simulate_subject(subject: int, n_windows: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -152,11 +176,17 @@ def simulate_subject(subject: int, n_windows: int, seed: int = 0) -> dict[str, n
     return {"x": np.stack(xs), "y": hrs.astype("float32"), "clean": np.stack(cleans)}
 
 
-def generate(config: DataConfig = DataConfig(), cache_dir: str | Path | None = None) -> PPGData:
+def _simulate_subject_args(args: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    return simulate_subject(*args)
+
+
+def generate(config: DataConfig = DataConfig(), cache_dir: str | Path | None = None,
+             workers: int = 1) -> PPGData:
     """The subject-wise split of a simulated data set; cached as ``ppg_<key>.npz`` under `cache_dir`.
 
     The last ``n_test_subjects`` subjects are the test set, the ``n_val_subjects`` before
-    them the validation set, the rest the training set.
+    them the validation set, the rest the training set.  `workers` > 1 simulates subjects in
+    that many processes (the result does not depend on it: each subject has its own seed).
     """
     if config.n_val_subjects + config.n_test_subjects >= config.n_subjects:
         raise ValueError("need at least one training subject")
@@ -165,7 +195,14 @@ def generate(config: DataConfig = DataConfig(), cache_dir: str | Path | None = N
         z = np.load(path)
         x, y, subject = z["x"], z["y"], z["subject"]
     else:
-        parts = [simulate_subject(s, config.windows_per_subject, config.seed) for s in range(config.n_subjects)]
+        jobs = [(s, config.windows_per_subject, config.seed) for s in range(config.n_subjects)]
+        if workers > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(workers) as pool:
+                parts = pool.map(_simulate_subject_args, jobs)
+        else:
+            parts = [simulate_subject(*j) for j in jobs]
         x = np.concatenate([p["x"] for p in parts])
         y = np.concatenate([p["y"] for p in parts])
         subject = np.repeat(np.arange(config.n_subjects), config.windows_per_subject)
@@ -183,6 +220,28 @@ def generate(config: DataConfig = DataConfig(), cache_dir: str | Path | None = N
 
     in_test, in_val = np.isin(subject, test_ids), np.isin(subject, val_ids)
     return PPGData(take(~in_test & ~in_val), take(in_val), take(in_test), config)
+
+
+def spectral_hr_acc(x: np.ndarray, lags: int = 4, **kw) -> np.ndarray:
+    """A classic motion-compensated baseline: the spectral peak of the PPG after removing what the
+    acceleration explains.
+
+    For each window (4, 256) of `x` (N, 4, 256), the PPG is regressed by least squares on the
+    band-passed acceleration axes delayed by 0..`lags`-1 samples (a short adaptive filter), their
+    squares and pairwise products (the artefact model is linear plus quadratic), and
+    `spectral_hr` runs on the residual.
+    """
+    x = np.asarray(x, dtype="float64")
+    out = np.empty(len(x))
+    for i, w in enumerate(x):
+        m0 = _bandpass(w[1:], 0.4, 5.0)
+        m = np.concatenate([np.pad(m0, ((0, 0), (k, 0)))[:, :WINDOW] for k in range(lags)])
+        feats = [m, m0 ** 2, m0[[0, 0, 1]] * m0[[1, 2, 2]]]
+        a = np.concatenate(feats).T
+        a = np.concatenate([a - a.mean(0), np.ones((a.shape[0], 1))], axis=1)
+        coef, *_ = np.linalg.lstsq(a, w[0], rcond=None)
+        out[i] = spectral_hr(w[0] - a @ coef, **kw)[0]
+    return out
 
 
 def spectral_hr(signal: np.ndarray, fs: float = FS, lo_bpm: float = 40.0, hi_bpm: float = 200.0,
