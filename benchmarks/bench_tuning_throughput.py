@@ -17,10 +17,11 @@ would.  Rows:
   warm         gos_tvm.hw's WarmBuilder + TrackerRunner, MetaSchedule's default search and cost
                model: what the warm workers alone change.
   ours         gos_tvm.hw.tune_primfunc's defaults: WarmBuilder + TrackerRunner, the fast
-               tensor-intrinsic import, default_strategy() (population 256, 3 genetic
-               iterations) and default_cost_model() (MetaSchedule's XGBoost model, whose
+               tensor-intrinsic import, default_cost_model() (MetaSchedule's XGBoost model, whose
                training is deferred until it can predict: it predicts random scores below
-               100 samples either way).
+               100 samples either way) and default_strategy(): evolutionary search without
+               genetic iterations while the model can only score at random (a 64-trial
+               session never gets past that), population 256 / 3 iterations once it can.
 
 Trials per minute = measured candidates with a valid run time / wall time of the row (builder and
 runner construction included, pool start-up excluded).  Each row is bounded by `--row-timeout`: a
@@ -48,7 +49,8 @@ DESCRIPTIONS = {
     "stock": "LocalBuilder() [30 s timeout, new pool per batch] + RPCRunner, stock search & XGB",
     "stock-long": "LocalBuilder(timeout_sec=600) + RPCRunner, stock search & XGB",
     "warm": "WarmBuilder + TrackerRunner, stock search & XGB",
-    "ours": "WarmBuilder + TrackerRunner + fast intrinsic import + default_strategy() + default_cost_model()",
+    "ours": "WarmBuilder + TrackerRunner + fast intrinsic import + default_cost_model() + default_strategy() "
+            "(no genetic iterations while the cost model scores at random)",
 }
 
 

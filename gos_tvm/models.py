@@ -65,7 +65,7 @@ class DigitsCNN(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-class _Basic(nn.Module):
+class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -89,7 +89,7 @@ class ResNet18Style(nn.Module):
         blocks, cin = [], width
         for i, mult in enumerate((1, 2, 4, 8)):
             for j in range(2):
-                blocks.append(_Basic(cin, width * mult, 2 if (j == 0 and i > 0) else 1))
+                blocks.append(BasicBlock(cin, width * mult, 2 if (j == 0 and i > 0) else 1))
                 cin = width * mult
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(cin, classes)
@@ -99,7 +99,7 @@ class ResNet18Style(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-class _InvertedResidual(nn.Module):
+class InvertedResidual(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, expand: int):
         super().__init__()
         mid = cin * expand
@@ -123,7 +123,7 @@ class MobileNetV2Style(nn.Module):
                (6, width * 2, 1), (6, width * 4, 2), (6, width * 4, 1)]
         layers, cin = [nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU6()], width
         for t, c, s in cfg:
-            layers.append(_InvertedResidual(cin, c, s, t))
+            layers.append(InvertedResidual(cin, c, s, t))
             cin = c
         layers += [nn.Conv2d(cin, cin * 4, 1, bias=False), nn.BatchNorm2d(cin * 4), nn.ReLU6()]
         self.features = nn.Sequential(*layers)

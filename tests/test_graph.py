@@ -15,6 +15,7 @@ from gos_tvm.graph import (EM_AARCH64, EM_ARM, UnsupportedModelError, analyze, a
                            find_skipped, from_onnx, from_torch, legalize, load_vm, run, split_samples, substitute,
                            torch_reference)
 from gos_tvm.instructions import OpProgram, ProgramBuilder, library
+from gos_tvm.models import BasicBlock, InvertedResidual
 
 AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": 4}
 ARMV7 = "arm/rasp3b"  # armv7l-linux-gnueabihf, NEON
@@ -24,24 +25,7 @@ def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(got) - np.asarray(ref)) / max(np.linalg.norm(ref), 1e-30))
 
 
-# --- models ---------------------------------------------------------------------------------
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+# --- models (blocks from gos_tvm.models, small stacks of them here) ---------------------------
 
 
 class ResNetStyle(nn.Module):
@@ -59,20 +43,6 @@ class ResNetStyle(nn.Module):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer2(self.layer1(x))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-
-class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, expand: int):
-        super().__init__()
-        hidden = cin * expand
-        self.use_res = stride == 1 and cin == cout
-        self.conv = nn.Sequential(
-            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
-            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x) if self.use_res else self.conv(x)
 
 
 class MobileNetStyle(nn.Module):
@@ -224,10 +194,10 @@ def test_sites_are_the_torch_layers(imported):
     if name == "resnet":
         assert kinds == {"conv1": "conv2d", "layer1.0.conv1": "conv2d", "layer1.0.conv2": "conv2d",
                          "layer2.0.conv1": "conv2d", "layer2.0.conv2": "conv2d",
-                         "layer2.0.downsample.0": "conv2d", "fc": "dense"}
+                         "layer2.0.short.0": "conv2d", "fc": "dense"}
     else:
-        assert kinds["features.1.conv.0"] == "pointwise"
-        assert kinds["features.1.conv.3"] == "depthwise"
+        assert kinds["features.1.body.0"] == "pointwise"
+        assert kinds["features.1.body.3"] == "depthwise"
         assert kinds["features.3"] == "depthwise" and sites[[s.id for s in sites].index("features.3")].bias
         assert kinds["features.5"] == "pointwise"
         assert kinds["classifier"] == "dense"
@@ -256,9 +226,9 @@ def test_substituted_module_matches_torch_reference(imported):
     name, model, x, mod, params = imported
     sites = find_sites(mod, params)
     if name == "resnet":
-        chosen = ["conv1", "layer1.0.conv2", "layer2.0.conv1", "layer2.0.downsample.0", "fc"]
+        chosen = ["conv1", "layer1.0.conv2", "layer2.0.conv1", "layer2.0.short.0", "fc"]
     else:
-        chosen = ["features.0.0", "features.1.conv.3", "features.2.conv.0", "features.3", "classifier"]
+        chosen = ["features.0.0", "features.1.body.3", "features.2.body.0", "features.3", "classifier"]
     by_id = {s.id: s for s in sites}
     replacements = {sid: replacement_for(by_id[sid], seed=i) for i, sid in enumerate(chosen)}
     new_mod, new_params = substitute(mod, params, replacements)
