@@ -158,6 +158,11 @@ def test_bad_arguments_get_clear_errors(tmp_path):
         gos_tvm.tune(models.DigitsCNN(), "raspberry", calib_data=x, val_data=(x, np.zeros(4)), work_dir=tmp_path)
     with pytest.raises(ValueError, match="not this machine: pass tracker"):
         gos_tvm.tune(models.DigitsCNN(), "rasp3b", calib_data=x, val_data=(x, np.zeros(4)), work_dir=tmp_path)
+    # The CLI checks the device before it trains anything.
+    out = subprocess.run([sys.executable, "-m", "gos_tvm.cli", "tune", "--target", "local", "--emulated",
+                          "--work-dir", str(tmp_path / "cli")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "no emulated device for 'local'; emulated devices: rasp3b-aarch64" in out.stderr
+    assert not (tmp_path / "cli").exists()
 
 
 def test_cost_model_ranks_held_out_measurements(resumed):

@@ -39,6 +39,15 @@ def run(args: argparse.Namespace) -> int:
     from .. import graph, models
     from .api import tune
 
+    # The device first: a wrong --target fails before a model is trained.
+    target = args.target
+    if args.emulated:
+        from ..hw import emulate
+
+        try:
+            target = emulate.emulated_preset(args.target, key=args.key)
+        except ValueError as err:
+            raise SystemExit(f"error: --emulated --target {args.target}: {err}") from None
     if args.onnx:
         if not args.data:
             raise SystemExit("--onnx needs --data FILE.npz with arrays x_calib, x_val, y_val")
@@ -56,11 +65,6 @@ def run(args: argparse.Namespace) -> int:
         mod, params = graph.from_torch(model, __import__("torch").from_numpy(split.x_train[:1]))
         calib, val = split.x_train, (split.x_val, split.y_val)
     tracker = args.tracker
-    target = args.target
-    if args.emulated:
-        from ..hw import emulate
-
-        target = emulate.emulated_preset(args.target, key=args.key)
     result = tune(mod, target, params=params, calib_data=calib, val_data=val, accuracy_budget=args.budget,
                   tracker=tracker, key=args.key, trials=args.trials, kernel_trials=args.kernel_trials,
                   work_dir=args.work_dir, seed=args.seed, max_sites=args.max_sites)
