@@ -198,3 +198,27 @@ def test_work_dir_identity_compares_every_key(tmp_path):
         WorkDir(tmp_path / "w", ident)
     WorkDir(tmp_path / "w", {**ident, "emulated": True})  # the same run resumes
     assert (tmp_path / "w" / "run.json").read_text() == before
+
+
+def test_a_configuration_measured_slower_falls_back_to_the_original(tmp_path):
+    """Kernel-level estimates can be wrong end to end; the search never returns a slower model."""
+    from gos_tvm.search.gos import Decision, GOSearch, SearchOptions
+    from gos_tvm.search.pareto import Configuration
+
+    x = np.random.default_rng(0).standard_normal((4, 1, 16, 16)).astype("float32")
+    mod, params = graph.from_torch(models.DigitsCNN(width=4).eval(), torch.from_numpy(x[:1]))
+    search = GOSearch(mod, params, "local", calib_data=x, evaluate=lambda predict: 1.0, accuracy_budget=0.01,
+                      work_dir=tmp_path / "w", options=SearchOptions())
+    search.state["decisions"]["conv2"] = vars(Decision("conv2", "conv2d", 1000, 2e-4, 0.5, choice="c1",
+                                                       rule="low_rank", reason="low_rank: 2.00x faster kernel"))
+    sites = dict.fromkeys(search.sites)
+    original = Configuration(sites, 1e-3, 1.0, origin="original")
+    chosen = Configuration({**sites, "conv2": "c1"}, 0.8e-3, 1.0, origin="search")
+    baseline, adapted = {"median_s": 1e-3}, {"median_s": 1.2e-3}
+    got, latency = search._fall_back_to_original([chosen, original], chosen, adapted, baseline)
+    assert got is original and latency is baseline
+    decision = search.state["decisions"]["conv2"]
+    assert decision["choice"] is None and decision["rule"] == "original"
+    assert "measured 1.200 ms end to end, not faster than the original's 1.000 ms" in decision["reason"]
+    assert "2.00x faster kernel" in decision["reason"]
+    assert search.state["fallback"]["rejected"] == chosen.key

@@ -210,6 +210,8 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
         "skipped_sites": [vars(s) for s in search.analysis.skipped],
         "pareto": [vars(c) for c in out["front"]],
         "chosen": vars(chosen),
+        # set when the chosen configuration measured slower end to end and the original was returned
+        "fallback": search.state.get("fallback"),
         "configurations": len(out["configs"]),
         "device_measurements": len(search.store.measurements),
         "search_seconds": out["seconds"],

@@ -323,6 +323,8 @@ class GOSearch:
             mod, params = self.adapted(chosen.choices)
             adapted = (self.model_latency("adapted", mod, params) if any(chosen.choices.values())
                        else baseline)
+            if any(chosen.choices.values()) and adapted["median_s"] >= baseline["median_s"]:
+                chosen, adapted = self._fall_back_to_original(configs, chosen, adapted, baseline)
             bar.update()
         self.state["phase"] = "done"
         self.save()
@@ -443,6 +445,22 @@ class GOSearch:
             population = ranked[: max(2, opt.population // 2)]
             self.state.setdefault("generations", {})[str(gen)] = population
             self.save()
+
+    def _fall_back_to_original(self, configs, chosen: Configuration, adapted: dict,
+                               baseline: dict) -> tuple[Configuration, dict]:
+        """The chosen configuration was estimated faster from its kernels but measured slower end to
+        end (the whole-model budget spread over other kernels, other fusion): never hand back a
+        slower model.  The original is returned; the decisions say why."""
+        why = (f"kept: the adapted model ({chosen.key}) measured {adapted['median_s'] * 1e3:.3f} ms end to end, "
+               f"not faster than the original's {baseline['median_s'] * 1e3:.3f} ms; the original is returned")
+        for site, ckey in chosen.choices.items():
+            if ckey is not None:
+                decision = self.state["decisions"][site]
+                decision.update(choice=None, rule="original",
+                                reason=f"{why} (the site's kernel alone: {decision['reason']})")
+        self.state["fallback"] = {"rejected": chosen.key, "adapted": adapted, "baseline": baseline}
+        original = next(c for c in configs if not any(c.choices.values()))
+        return original, baseline
 
     def _fitness(self, choices, original_score, site_lat, baseline) -> tuple:
         acc = self.score(choices)
