@@ -1,19 +1,29 @@
-"""Every schedule MetaSchedule measures for a replacement operator computes the operator.
+"""Tuned schedules of replacement operators, checked against torch.
 
-Tuning does not check results; a schedule that drops part of the iteration space still gets
-a (fast) time.  This tunes one candidate of every family, and compositions, and runs every
-record in the database against the torch lowering."""
+Tuning only times kernels; with TVM 0.27 a small share of the schedules MetaSchedule samples
+compute wrong values (a recorded one is in data/wrong_schedule.json).  `schedule_is_correct`
+(the unscheduled kernel as the reference) must tell them apart exactly as the torch lowering
+does, and what gos_tvm builds from a database (`verified_database`, `compile_tuned`) must only
+use correct ones."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
-import pytest
 import torch
 import tvm
 from tvm.s_tir import Schedule
+from tvm.s_tir.meta_schedule.database import MemoryDatabase, TuningRecord
+from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+from tvm.s_tir.schedule import Trace
 
 from gos_tvm.hw import preset, tune_primfuncs
-from gos_tvm.instructions import library, to_te, to_torch
+from gos_tvm.hw.tuning import best_correct_record, schedule_is_correct, verified_database
+from gos_tvm.instructions import OpProgram, library, to_te, to_torch
 from gos_tvm.space import RULES, candidates
+
+DATA = Path(__file__).parent / "data"
 
 
 def _pick():
@@ -28,30 +38,69 @@ def _pick():
     return chosen
 
 
-def test_every_tuned_record_of_every_family_is_correct(tmp_path):
+def _torch_error(program: OpProgram, mod: tvm.IRModule, symbol: str = "main") -> float:
+    """Relative error of a built kernel against the torch lowering of its program."""
+    module = to_torch(program, generator=torch.Generator().manual_seed(1))
+    weights = module.weight_arrays()
+    x = np.random.default_rng(0).standard_normal(program.inputs["x"]).astype("float32")
+    expected = module(torch.from_numpy(x)).detach().numpy()
+    lib = tvm.compile(mod, target=preset("local").target)
+    out = tvm.runtime.tensor(np.full(program.output_shape, np.nan, "float32"))
+    lib[symbol](tvm.runtime.tensor(x), *[tvm.runtime.tensor(weights[k]) for k in program.weights], out)
+    return float(np.linalg.norm(out.numpy() - expected) / np.linalg.norm(expected))
+
+
+def _applied(wl: tvm.IRModule, trace) -> tvm.IRModule:
+    sch = Schedule(wl)
+    trace.apply_to_schedule(sch, remove_postproc=False)
+    return sch.mod
+
+
+def test_a_wrong_schedule_is_caught_and_never_used():
+    """A real wrong schedule: torch sees it, `schedule_is_correct` sees it, and a database in
+    which it is the fastest record yields the slower correct one instead."""
+    data = json.loads((DATA / "wrong_schedule.json").read_text())
+    program = OpProgram.from_json(data["program"])
+    wl = tvm.IRModule({"main": to_te(program)})
+    sch = Schedule(wl)
+    Trace.apply_json_to_schedule(tvm.ir.load_json(data["trace"]), sch)
+    assert _torch_error(program, sch.mod) > 1e-4                       # TVM computes it wrong
+    assert not schedule_is_correct(wl, sch.trace)
+    simple = Schedule(wl)                       # a plain correct schedule (records need a non-empty trace)
+    simple.parallel(simple.get_loops(simple.get_sblock("contract"))[0])
+    assert schedule_is_correct(wl, simple.trace) and _torch_error(program, simple.mod) < 1e-5
+
+    db = MemoryDatabase()
+    workload = db.commit_workload(wl)
+    target = preset("local").target
+    args = ArgInfo.from_prim_func(wl["main"])
+    db.commit_tuning_record(TuningRecord(sch.trace, workload, [1e-6], target, args))       # fast, wrong
+    db.commit_tuning_record(TuningRecord(simple.trace, workload, [1e-3], target, args))    # slow, right
+    assert db.get_top_k(workload, 1)[0].run_secs[0].value == 1e-6      # what MetaSchedule would apply
+    latency, record = best_correct_record(db, wl)
+    assert latency == 1e-3 and _torch_error(program, _applied(wl, record.trace)) < 1e-5
+    picked = verified_database(db, [wl]).query_tuning_record(wl, target, "main")
+    assert picked is not None and _torch_error(program, _applied(wl, picked.trace)) < 1e-5
+
+
+def test_every_tuned_record_of_every_family_is_judged_like_torch(tmp_path):
+    """Tune one candidate of every family (and compositions); for every record in the database,
+    `schedule_is_correct` agrees with the torch lowering, and each kernel's pick is correct."""
     chosen = _pick()
     funcs = {f"c{i}": to_te(c.program) for i, c in enumerate(chosen)}
     results = tune_primfuncs(funcs, "local", runner="local", trials_per_task=4, trials_per_iter=4,
                              work_dir=str(tmp_path), seed=0)
-    target = preset("local").target
-    rng = np.random.default_rng(0)
-    checked = 0
+    checked = wrong = 0
     for (name, func), cand in zip(funcs.items(), chosen):
-        module = to_torch(cand.program, generator=torch.Generator().manual_seed(1))
-        weights = module.weight_arrays()
-        x = rng.standard_normal(cand.program.inputs["x"]).astype("float32")
-        expected = module(torch.from_numpy(x)).detach().numpy()
         db = results[name].database
         wl = tvm.IRModule({"main": func.with_attr("global_symbol", name)})
         records = db.get_top_k(db.commit_workload(wl), 100)
         assert records, f"{cand.rule}: no successful record"
         for rec in records:
-            sch = Schedule(wl)
-            rec.trace.apply_to_schedule(sch, remove_postproc=False)
-            lib = tvm.compile(sch.mod, target=target)
-            out = tvm.runtime.tensor(np.full(cand.program.output_shape, np.nan, "float32"))
-            lib[name](tvm.runtime.tensor(x), *[tvm.runtime.tensor(weights[k]) for k in cand.program.weights], out)
-            err = np.linalg.norm(out.numpy() - expected) / np.linalg.norm(expected)
-            assert err < 1e-4, f"{cand.rule} {cand.rule_params}: a tuned schedule is wrong (rel. error {err:.3g})"
+            right = _torch_error(cand.program, _applied(wl, rec.trace), name) < 1e-4
+            assert schedule_is_correct(wl, rec.trace) == right, f"{cand.rule} {cand.rule_params}"
             checked += 1
-    print(f"checked {checked} tuned schedules of {len(chosen)} candidates")
+            wrong += not right
+        _, best = best_correct_record(db, wl)
+        assert best is not None and _torch_error(cand.program, _applied(wl, best.trace), name) < 1e-4
+    print(f"checked {checked} tuned schedules of {len(chosen)} candidates, {wrong} computed wrong values")
