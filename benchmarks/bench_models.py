@@ -65,6 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="where results go")
     p.add_argument("--quick", action="store_true", help="reduced run (fewer epochs, trials, sites, repeats)")
     p.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile (reported as n/a)")
+    p.add_argument("--emulated", action="store_true",
+                   help="search and measure on the emulated rasp3b-aarch64 (qemu-user; `gos-tvm rpc emulate "
+                        "rasp3b-aarch64 --build-only` first): EMULATION timings, not board timings; the PyTorch / "
+                        "onnxruntime columns stay host timings")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild models.json / .md / .png from the records in <out>/raw")
@@ -270,13 +274,19 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     mod, params = gos_tvm.from_torch(model, torch.from_numpy(split.x_train[:1]))
     n_sites = len(graph.find_sites(mod, params))
     t0 = time.time()
-    result = gos_tvm.tune(mod, "local", params=params, calib_data=split.x_train,
+    device = "local"
+    if args.emulated:
+        from gos_tvm.hw import emulate
+
+        device = emulate.emulated_preset("rasp3b-aarch64")
+    result = gos_tvm.tune(mod, device, params=params, calib_data=split.x_train,
                           val_data=(split.x_val, split.y_val), accuracy_budget=args.budget,
                           trials=args.trials, kernel_trials=args.kernel_trials, max_sites=args.max_sites,
                           work_dir=work / f"gos_{name}", seed=args.seed)
     tune_wall = time.time() - t0
     print(result.summary(), flush=True)
     rec["device"] = result.device.label
+    rec["emulated"] = bool(result.device.emulated)
     rec["sites_total"] = n_sites
     rec["decisions"] = [{"site": d.site, "kind": d.kind, "choice": d.choice, "rule": d.rule, "reason": d.reason}
                         for d in result.decisions]
@@ -342,6 +352,10 @@ def markdown(records: list[dict], machine: dict) -> str:
              f"onnxruntime {machine.get('onnxruntime')}.", "",
              "Command(s):", "", *[f"    {c}" for c in cmds], "",
              f"**{NOISE_NOTE}**", "",
+             *(["**Rows marked EMULATED were searched and measured on the emulated Raspberry Pi (qemu-user on "
+                "this host): their TVM columns are emulation timings, not board timings, and are not comparable "
+                "with the host's PyTorch / onnxruntime columns.**", ""] if any(r.get("emulated") for r in records)
+               else []),
              "Data: scikit-learn digits (1797 8x8 images) resized bilinearly to 32x32, 60/20/20 split; "
              "the search sees the validation split, accuracy below is on the held-out test split (360 images). "
              "Latency: median ms per batch-1 inference.", "",
@@ -360,7 +374,8 @@ def markdown(records: list[dict], machine: dict) -> str:
             w for w, ok in (("speedup", t["speedup_met"]), ("accuracy", t["accuracy_met"])) if not ok))
         cfg = r["config"]
         lines.append(
-            f"| {r['model']} (T={cfg['trials']}, K={cfg['max_sites']}) | {_ms(lat['tvm_original_tuned'])} | "
+            f"| {r['model']}{' (EMULATED rasp3b-aarch64)' if r.get('emulated') else ''} "
+            f"(T={cfg['trials']}, K={cfg['max_sites']}) | {_ms(lat['tvm_original_tuned'])} | "
             f"{_ms(lat['gos_adapted_tuned'])} | {r['speedup_vs_tuned_original']:.2f}x | {_ms(lat['torch_eager'])} | "
             f"{_ms(lat['torch_compile'])} | {_ms(lat['onnxruntime'])} | {acc['original']:.4f} → {acc['adapted']:.4f} "
             f"({acc['delta_points']:+.2f}) | {len(r['replaced'])}/{r['sites_total']}: {repl} | "
