@@ -111,20 +111,33 @@ def test_adapted_model_is_faster_and_within_budget(resumed):
 
 
 def test_tuned_schedules_reach_the_build(resumed):
-    """The compiled modules run no slower than 1.25x what their database's best records add up
-    to: a build that dropped the tuned schedules (compile_relax did, see DESIGN.md) runs the
-    default schedules, several times slower.
+    """Every kernel of the original and the adapted module that has a (correct) record in its
+    database is compiled with that schedule: a build that dropped the tuned schedules
+    (compile_relax did, see DESIGN.md) runs default ones, ~17x slower here.  Checked on the
+    module `compile_tuned` builds, not by timing (the device is this shared 2-core host); the
+    ratio of the measured latency to what the records add up to is printed."""
+    import tvm
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
-    Only the upper bound is asserted.  On this 2-core machine the device is also the tuning
-    host, and per-kernel records came out up to 1.5x *above* the end-to-end time of the same
-    kernels (measured: ratios 0.53-1.04 in runs beside other jobs; a quiet re-measurement of the
-    same records gave 0.94-0.97), which says nothing about schedules going missing."""
+    from gos_tvm.hw.tuning import best_correct_record, verified_database
+
     result, _, _ = resumed
-    for name, lat in (("original", result.original_latency), ("adapted", result.adapted_latency)):
-        ratio = lat["median_s"] / lat["kernel_sum_s"]
-        print(f"{name}: measured {lat['median_s'] * 1e6:.1f} us, database kernels add up to "
-              f"{lat['kernel_sum_s'] * 1e6:.1f} us (ratio {ratio:.2f})")
-        assert ratio <= 1.25
+    target = result.device.target
+    models_ = {"original": (result.original_mod, result.original_params), "adapted": (result.mod, result.params)}
+    for name, (mod, params) in models_.items():
+        db = result._search.database(name)
+        lowered = graph.legalize(mod, params, target)
+        tasks = {t.task_name: t.dispatched[0] for t in extract_tasks(lowered, target)}
+        tuned = {n for n, f in tasks.items() if best_correct_record(db, f)[1] is not None}
+        applied = graph.apply_database(lowered, target, verified_database(db, list(tasks.values())))
+        scheduled = {gv.name_hint for gv, f in applied.functions.items()
+                     if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled")}
+        assert tuned and tuned <= scheduled, (name, sorted(tuned - scheduled))
+        lat = result.original_latency if name == "original" else result.adapted_latency
+        if lat.get("kernel_sum_s"):
+            print(f"{name}: measured {lat['median_s'] * 1e6:.1f} us, database kernels add up to "
+                  f"{lat['kernel_sum_s'] * 1e6:.1f} us (ratio {lat['median_s'] / lat['kernel_sum_s']:.2f}); "
+                  f"{len(tuned)}/{len(tasks)} kernels tuned")
 
 
 def test_exported_library_agrees_with_adapted_module(resumed, tmp_path):
