@@ -111,8 +111,9 @@ def schedule_is_correct(workload: Union[tirx.PrimFunc, tvm.IRModule], trace: Any
     samples for kernels with padded intermediates compute wrong values (about 0.7% of the design
     space of a channel-bottleneck + spatially-separable convolution, at the padded border; see
     tests/test_tuned_candidates.py), and they can be the fastest.  Both versions are built for
-    this host (a trace is target independent) and run on the same random arguments; every
-    buffer, outputs included, must agree to `rtol` (relative to its norm).
+    this host (a board's trace replays here; one tensorized with a board-only intrinsic would not
+    build and counts as unusable -- gos_tvm's float32 kernels use none) and run on the same random
+    arguments; every buffer, outputs included, must agree to `rtol` (relative to its norm).
     """
     import numpy as np
     from tvm.s_tir import Schedule
