@@ -425,21 +425,23 @@ class LocalDevicePool:
                 if attempt == 3:
                     raise DeviceUnavailableError(f"could not start an RPC tracker:\n{self.tracker_proc.log_tail()}")
             if self.n_servers:
-                self.wait_ready(self.n_servers, self.startup_timeout)
+                self.wait_ready(self.n_servers, self.startup_timeout, free=True)  # nobody uses them yet
         except BaseException:
             self.close()
             raise
         return self
 
-    def wait_ready(self, n: int, timeout: float) -> TrackerStatus:
-        """Wait until `n` servers are registered under the key (failing early if one exits)."""
+    def wait_ready(self, n: int, timeout: float, free: bool = False) -> TrackerStatus:
+        """Wait until `n` servers are registered under the key -- and, with `free`, offered as free
+        (a server registers first and puts itself in the queue a moment later) -- failing early if
+        one exits."""
         deadline = time.monotonic() + timeout
         while True:
             dead = [s for s in self.servers if not s.alive() and s.pid not in self._killed]
             if dead:
                 raise DeviceUnavailableError(f"RPC server {dead[0].name} exited during start-up:\n{dead[0].log_tail()}")
             status = query_tracker(*self.tracker, timeout=5.0)
-            if status.count(self.key) >= n:
+            if status.count(self.key) >= n and (not free or status.free(self.key) >= n):
                 return status
             if time.monotonic() > deadline:
                 logs = "\n".join(f"--- {s.name}\n{s.log_tail(8)}" for s in self.servers)
