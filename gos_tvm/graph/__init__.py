@@ -21,6 +21,7 @@ from typing import Any
 
 from .capture import capture, split_samples
 from .compile import (CROSS_COMPILERS, EM_AARCH64, EM_ARM, EM_X86_64, apply_database, as_target, bind_params,
+                      compile_lowered,
                       compile_module, cross_compiler_for, elf_machine, elf_type, export_library, is_cross_target,
                       legalize, load_vm, run)
 from .importer import UnsupportedModelError, from_onnx, from_torch, model_inputs, num_inputs
@@ -41,7 +42,7 @@ __all__ = [
     "Site", "SkippedSite", "SiteAnalysis", "SITE_KINDS", "analyze", "find_sites", "find_skipped",
     "substitute", "check_replacement", "capture_module", "replacement_prim_func", "Replacement",
     "capture", "split_samples",
-    "as_target", "bind_params", "legalize", "apply_database", "compile_module", "run", "load_vm", "export_library",
+    "as_target", "bind_params", "legalize", "apply_database", "compile_module", "compile_lowered", "run", "load_vm", "export_library",
     "cross_compiler_for", "is_cross_target", "elf_machine", "elf_type", "CROSS_COMPILERS",
     "EM_ARM", "EM_AARCH64", "EM_X86_64", "torch_reference", "capture_torch",
 ]

@@ -116,7 +116,12 @@ def compile_module(mod: tvm.IRModule, params: Mapping[str, np.ndarray] | None = 
     database has no record for stay untuned.
     """
     target = as_target(target)
-    lowered = legalize(mod, params, target)
+    return compile_lowered(legalize(mod, params, target), target, database)
+
+
+def compile_lowered(lowered: tvm.IRModule, target: Any = None, database: Any = None) -> relax.VMExecutable:
+    """`compile_module` for a module `legalize` already produced (with ``database`` applied first)."""
+    target = as_target(target)
     if database is not None:
         lowered = apply_database(lowered, target, database)
     with target, tvm.transform.PassContext(opt_level=3):
@@ -249,7 +254,7 @@ def elf_type(path: str | os.PathLike) -> int:
     return _elf_field(path, 16)
 
 
-__all__ = ["as_target", "bind_params", "legalize", "apply_database", "compile_module", "run", "load_vm",
+__all__ = ["as_target", "bind_params", "legalize", "apply_database", "compile_module", "compile_lowered", "run", "load_vm",
            "export_library",
            "cross_compiler_for", "is_cross_target", "elf_machine", "elf_type", "CROSS_COMPILERS",
            "EM_ARM", "EM_AARCH64", "EM_X86_64"]

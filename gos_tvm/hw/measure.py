@@ -7,6 +7,7 @@ time evaluator.  Over RPC the VM is driven statefully -- `set_input`, `invoke_st
 """
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import tempfile
@@ -158,8 +159,6 @@ def _measure_once(library: str, tracker: tuple[str, int], key: str, args: list[n
                   session_timeout: float, preset: Preset) -> LatencyStats:
     import tvm
     from tvm import relax
-
-    import gc
 
     sess = request_session(tracker[0], int(tracker[1]), key, queue_timeout=queue_timeout,
                            session_timeout=session_timeout)

@@ -103,6 +103,36 @@ def _random_args(func: tirx.PrimFunc, seed: int) -> list:
     return args
 
 
+def _host_outputs(mod: tvm.IRModule, args: list) -> list:
+    """Every buffer after running `mod` (built for this host) on a copy of `args`."""
+    from ..instructions import default_target
+
+    lib = tvm.compile(mod, target=default_target())
+    tensors = [tvm.runtime.tensor(a.copy()) for a in args]
+    lib["main"](*tensors)
+    return [t.numpy() for t in tensors]
+
+
+def _agrees(mod: tvm.IRModule, trace: Any, args: list, reference: list, rtol: float) -> bool:
+    """Whether `trace` applied to `mod` gives `reference` (every buffer, outputs included, to
+    `rtol` relative to its norm) on `args`."""
+    import numpy as np
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(mod)
+    try:
+        trace.apply_to_schedule(sch, remove_postproc=False)
+        got = _host_outputs(sch.mod, args)
+    except Exception:  # noqa: BLE001 - a trace that does not replay or build is not usable
+        return False
+    for ref, out in zip(reference, got):
+        if not np.isfinite(out).all() and np.isfinite(ref).all():
+            return False
+        if np.linalg.norm((out - ref).ravel()) > rtol * max(float(np.linalg.norm(ref.ravel())), 1e-30):
+            return False
+    return True
+
+
 def schedule_is_correct(workload: Union[tirx.PrimFunc, tvm.IRModule], trace: Any, *, rtol: float = 1e-4,
                         seed: int = 0) -> bool:
     """Whether `trace` applied to `workload` computes what the unscheduled workload computes.
@@ -115,41 +145,24 @@ def schedule_is_correct(workload: Union[tirx.PrimFunc, tvm.IRModule], trace: Any
     build and counts as unusable -- gos_tvm's float32 kernels use none) and run on the same random
     arguments; every buffer, outputs included, must agree to `rtol` (relative to its norm).
     """
-    import numpy as np
-    from tvm.s_tir import Schedule
-
-    from ..instructions import default_target
-
     mod = _workload_mod(workload)
-    sch = Schedule(mod)
-    try:
-        trace.apply_to_schedule(sch, remove_postproc=False)
-        host = default_target()
-        ref_lib, lib = tvm.compile(mod, target=host), tvm.compile(sch.mod, target=host)
-    except Exception:  # noqa: BLE001 - a trace that does not replay or build is not usable
-        return False
     args = _random_args(mod["main"], seed)
-    outs = []
-    for library in (ref_lib, lib):
-        tensors = [tvm.runtime.tensor(a.copy()) for a in args]
-        library["main"](*tensors)
-        outs.append([t.numpy() for t in tensors])
-    for ref, got in zip(*outs):
-        if not np.isfinite(got).all() and np.isfinite(ref).all():
-            return False
-        if np.linalg.norm((got - ref).ravel()) > rtol * max(float(np.linalg.norm(ref.ravel())), 1e-30):
-            return False
-    return True
+    return _agrees(mod, trace, args, _host_outputs(mod, args), rtol)
 
 
 def best_correct_record(database: ms.database.Database, func: Union[tirx.PrimFunc, tvm.IRModule], *,
-                        max_checks: int = 8) -> tuple[float, Any]:
+                        max_checks: int = 8, rtol: float = 1e-4) -> tuple[float, Any]:
     """(latency, record) of the fastest record of `func` whose schedule is correct
     (`schedule_is_correct`), looking at the `max_checks` fastest; (inf, None) if none is."""
     records = sorted((r for r in database_records(database, func) if math.isfinite(record_latency(r))),
-                     key=record_latency)
-    for rec in records[:max_checks]:
-        if schedule_is_correct(rec.workload.mod, rec.trace):
+                     key=record_latency)[:max_checks]
+    if not records:
+        return math.inf, None
+    mod = _workload_mod(records[0].workload.mod)
+    args = _random_args(mod["main"], 0)
+    reference = _host_outputs(mod, args)  # the unscheduled kernel, once for all its records
+    for rec in records:
+        if _agrees(mod, rec.trace, args, reference, rtol):
             return record_latency(rec), rec
     return math.inf, None
 
@@ -391,8 +404,7 @@ def tune_primfuncs(funcs: Union[Mapping[str, tirx.PrimFunc], Sequence[tirx.PrimF
         ms.tir_integration.tune_tir(
             mod, tgt, work_dir, max_trials_global=trials_per_task * len(funcs),
             max_trials_per_task=trials_per_task, num_trials_per_iter=min(trials_per_iter, trials_per_task),
-            builder=builder, runner=runner, database=database,
-            cost_model=cost_model,
+            builder=builder, runner=runner, database=database, cost_model=cost_model,
             task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
             strategy=_strategy_for(strategy, cost_model, trials_per_task * len(funcs)),
             num_tuning_cores=cores, seed=seed)
@@ -471,8 +483,7 @@ def tune_module(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
         ms.relax_integration.tune_relax(
             prepared, params={}, target=tgt, work_dir=work_dir, max_trials_global=trials,
             max_trials_per_task=max_trials_per_task, num_trials_per_iter=trials_per_iter, op_names=op_names,
-            builder=builder, runner=runner, database=database,
-            cost_model=cost_model,
+            builder=builder, runner=runner, database=database, cost_model=cost_model,
             task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
             strategy=_strategy_for(strategy, cost_model, trials), seed=seed)
     finally:
@@ -494,15 +505,16 @@ def compile_tuned(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
     `MetaScheduleApplyDatabase` on the legalized and fused module) rather than through
     `compile_relax`, which was seen to drop the tuned schedules.
     """
-    from ..graph import compile_module
+    from ..graph import compile_lowered
 
     tgt = resolve_target(target)
+    lowered = prepare_relax(mod, params, tgt)
     if database is not None:
         import_tensor_intrin()  # records of tensorized schedules name TVM's registered intrinsics
         # Only schedules that compute the right thing (see `schedule_is_correct`).
-        tasks = ms.relax_integration.extract_tasks(prepare_relax(mod, params, tgt), tgt)
+        tasks = ms.relax_integration.extract_tasks(lowered, tgt)
         database = verified_database(database, [t.dispatched[0] for t in tasks])
-    return compile_module(mod, params, tgt, database)
+    return compile_lowered(lowered, tgt, database)
 
 
 __all__ = ["GuardedRoundRobin", "default_strategy", "default_cost_model", "KernelTuneResult", "tune_primfunc", "tune_primfuncs", "tune_module", "compile_tuned", "prepare_relax",
