@@ -142,6 +142,9 @@ def test_servers_under_one_key_measure_in_parallel(pool, builder):
     assert all(0 < s < 0.1 for r in results for s in r.run_secs)
     assert max(busy) == 2
     assert wall >= 8 * 0.5 / 2                          # the minimum run time was honoured
+    # one RPC session per server for the whole batch, not one per candidate
+    assert sorted(len(s) for s in runner.share_sessions) == [1, 1]
+    assert len({s[0] for s in runner.share_sessions}) == 2
 
 
 class TinyNet(torch.nn.Module):

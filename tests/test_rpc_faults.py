@@ -14,7 +14,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule import search_strategy
 from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner
 
-from gos_tvm.hw import (DeviceUnavailableError, LocalDevicePool, TrackerRunner, WarmBuilder, measure_module,
+from gos_tvm.hw import (DeviceUnavailableError, LocalDevicePool, TrackerRunner, WarmBuilder, measure_module, preset,
                         request_session, tune_primfunc, tune_primfuncs)
 from gos_tvm.hw.tracker import free_port
 from gos_tvm.hw.tuning import database_records, record_latency
@@ -112,6 +112,8 @@ def test_server_killed_mid_batch_batch_completes_and_records_are_kept(tmp_path):
     lat = [record_latency(r) for r in database_records(res.database, func)]
     # measurements on the dead server were retried on the other one
     assert res.failed == 0 and all(math.isfinite(x) and x > 0 for x in lat), lat
+    # the dead server's share went on in a session on the other server
+    assert any(len(set(s)) == 2 for s in inner.share_sessions), inner.share_sessions
 
 
 def _bad_build():
@@ -147,3 +149,43 @@ def test_kernels_failing_to_build_or_run_are_recorded_and_tuning_goes_on(pool, t
     assert res["bad_run"].trials >= 1 and res["bad_run"].failed == res["bad_run"].trials
     assert not res["bad_build"].ok and res["bad_build"].latency_s == math.inf and res["bad_build"].record is None
     assert res["good"].ok and res["good"].trials == 8 and res["good"].failed == 0 and res["good"].latency_s > 0
+
+
+def test_one_session_per_share_and_faults_inside_a_share(pool):
+    """A batch on the only server is one share: its kernels are measured in one RPC session.  A
+    kernel that fails on a live session fails alone; one that crashes the session fails alone
+    too, and the kernels after it are measured in a new session on the same (surviving) server."""
+    import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo, TensorInfo
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    good, bad_run = to_te(library.conv2d((1, 4, 8, 8), 8, 3, padding=1)), _bad_run()
+    builder = WarmBuilder("local")
+    runner = TrackerRunner(pool.tracker, pool.key, max_per_session=8)
+    try:
+        built = builder.build([BuilderInput(tvm.IRModule({"main": f}), preset("local").target)
+                               for f in (good, good, bad_run)])
+        assert all(b.error_msg is None for b in built), [b.error_msg for b in built]
+        good_args = ArgInfo.from_prim_func(good)
+        wrong_args = [TensorInfo("float32", [1, 4, 9, 9])] + list(good_args[1:])  # the kernel rejects them
+
+        def inp(b, args):
+            return RunnerInput(b.artifact_path, "cpu", args)
+
+        assert runner.shares(5) == [range(0, 5)]
+        batch = [inp(built[0], good_args), inp(built[1], wrong_args), inp(built[0], good_args),
+                 inp(built[2], ArgInfo.from_prim_func(bad_run)), inp(built[1], good_args)]
+        results = [f.result() for f in runner.run(batch)]
+    finally:
+        runner.close()
+        builder.close()
+    errors = [r.error_msg for r in results]
+    assert [e is None for e in errors] == [True, False, True, False, True], errors
+    assert all(0 < s < 1 for i in (0, 2, 4) for s in results[i].run_secs)
+    assert "broke the RPC session" not in errors[1]                 # failed on a live session
+    assert "broke the RPC session" in errors[3] and "survived" in errors[3]
+    # two sessions: the first until the crash (kernels 0-3), a new one for kernel 4, same server
+    assert len(runner.share_sessions) == 1 and len(runner.share_sessions[0]) == 2
+    assert len(set(runner.share_sessions[0])) == 1
+    assert pool.status().count(pool.key) == 1
