@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -85,9 +86,81 @@ def test_default_search_evolves_only_when_the_cost_model_can_predict():
 
     model = default_cost_model(1)
     assert model.num_warmup_samples == 100 and model.data_size == 0
-    assert _strategy_for(None, model, 64).genetic_num_iters == 0
-    assert _strategy_for(None, model, 160).genetic_num_iters == 3
+    random = _strategy_for(None, model, 64, 16)
+    assert random.genetic_num_iters == 0
+    assert random.population_size == 32 and random.init_min_unmeasured >= 16      # a full batch to pick
+    assert _strategy_for(None, model, 64, 32).population_size == 64
+    assert _strategy_for(None, model, 160, 16).genetic_num_iters == 3
     model.data_size = 90                                 # samples carried over from an earlier session
-    assert _strategy_for(None, model, 16).genetic_num_iters == 3
-    assert _strategy_for("evolutionary", model, 16) == "evolutionary"   # an explicit choice is kept
-    assert _strategy_for(None, "xgb", 16).genetic_num_iters == 3       # a named model: stock behaviour
+    assert _strategy_for(None, model, 16, 16).genetic_num_iters == 3
+    assert _strategy_for("evolutionary", model, 16, 16) == "evolutionary"   # an explicit choice is kept
+    assert _strategy_for(None, "xgb", 16, 16).genetic_num_iters == 3       # a named model: stock behaviour
+
+
+def _tensorized_int8_dense(intrin: str, lanes: int):
+    """C[m, n] = sum_k X[m, k] * W[n, k] (8-bit in, int32 out), its inner n x 4 product
+    tensorized with `intrin` (W packed as [n / lanes, k / 4, lanes, 4])."""
+    from gos_tvm.hw._fastimport import import_tensor_intrin
+
+    import_tensor_intrin()  # scheduling looks the intrinsic up: this (the tuning) process needs it
+    m, n, k = 8, 2 * lanes, 64
+    x = te.placeholder((m, k), "uint8" if lanes == 16 else "int8", name="X")
+    w = te.placeholder((n // lanes, k // 4, lanes, 4), "int8", name="W")
+    r = te.reduce_axis((0, k), "k")
+    c = te.compute((m, n), lambda i, j: te.sum(
+        x[i, r].astype("int32") * w[j // lanes, r // 4, j % lanes, r % 4].astype("int32"), axis=r), name="C")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, w, c]))
+    block = sch.get_sblock("C")
+    i, j, r = sch.get_loops(block)
+    jo, ji = sch.split(j, [None, lanes])
+    ro, ri = sch.split(r, [None, 4])
+    sch.reorder(i, jo, ro, ji, ri)
+    sch.decompose_reduction(block, ro)
+    sch.tensorize(ji, intrin)
+    return sch.mod, (m, n, k)
+
+
+def _worker_imported_intrinsics(builder) -> bool:
+    import sys
+
+    return builder._get_pool().submit(lambda: "tvm.s_tir.tensor_intrin" in sys.modules).result()
+
+
+def test_tensorized_schedules_build_in_workers_without_the_intrinsics(tmp_path):
+    """The warm workers skip TVM's tensor intrinsics (1.7 s each): a tensorized schedule carries the
+    intrinsic's implementation, so building one must not need them registered."""
+    from gos_tvm.graph import elf_machine
+
+    device = preset("rasp3b-aarch64")
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("aarch64-linux-gnu-g++ not installed (apt-get install g++-aarch64-linux-gnu)")
+    mod, _ = _tensorized_int8_dense("dot_4x4_i8i8s32_neon", 4)
+    assert "llvm.aarch64.neon" in mod.script()
+    builder = WarmBuilder(device, max_workers=1)
+    try:
+        result, = builder.build([BuilderInput(mod, device.target)])
+        assert result.error_msg is None, result.error_msg
+        assert elf_machine(result.artifact_path) == 183              # an aarch64 library
+        assert not _worker_imported_intrinsics(builder)
+    finally:
+        builder.close()
+
+
+@pytest.mark.skipif("avx512bw" not in open("/proc/cpuinfo").read(), reason="the host has no AVX-512 BW")
+def test_a_tensorized_schedule_built_by_a_worker_computes_the_product(target):
+    mod, (m, n, k) = _tensorized_int8_dense("dot_16x4_avx512", 16)
+    builder = WarmBuilder("local", max_workers=1)
+    try:
+        result, = builder.build([BuilderInput(mod, target)])
+        assert result.error_msg is None, result.error_msg
+        assert not _worker_imported_intrinsics(builder)
+        rng = np.random.default_rng(0)
+        # small values: the AVX-512 sequence sums pairs in saturating int16
+        x = rng.integers(0, 64, (m, k)).astype("uint8")
+        w = rng.integers(-64, 64, (n // 16, k // 4, 16, 4)).astype("int8")
+        out = tvm.runtime.tensor(np.zeros((m, n), "int32"))
+        tvm.runtime.load_module(result.artifact_path)["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), out)
+        dense = w.transpose(0, 2, 1, 3).reshape(n, k).astype(np.int32)
+        np.testing.assert_array_equal(out.numpy(), x.astype(np.int32) @ dense.T)
+    finally:
+        builder.close()

@@ -67,12 +67,3 @@ def import_tensor_intrin() -> float:
             inspect.stack = original
         _IMPORT_SECONDS = time.perf_counter() - t0
         return _IMPORT_SECONDS
-
-
-def warm_worker() -> None:
-    """Initializer for builder/runner worker processes: import TVM, MetaSchedule and the tensor
-    intrinsics once, when the worker starts, so that no build pays for them (nor times out on them)."""
-    import tvm  # noqa: F401
-    import tvm.s_tir.meta_schedule  # noqa: F401
-
-    import_tensor_intrin()

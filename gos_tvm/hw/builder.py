@@ -8,9 +8,9 @@ before the first build, which with the default 30 s timeout makes every build ti
 `WarmBuilder` instead
 
 * keeps one pool for its whole life: a worker is started once and serves every later batch;
-* warms the workers in their initializer (TVM, MetaSchedule and the tensor intrinsics through the
-  fast import of `gos_tvm.hw._fastimport`), outside the per-build timeout, and can start them in the
-  background before the first batch (`warm_up()`);
+* warms the workers in their initializer (TVM's build path; not the tensor intrinsics, which a
+  build does not need), outside the per-build timeout, and starts them in the background before
+  the first batch (`warm_up()`);
 * recycles a worker after `maximum_process_uses` builds, and after a batch kills any worker whose
   resident memory exceeds `max_worker_rss_mb` (the leak the stock builder works around); a killed
   or timed-out worker restarts lazily on its next build;

@@ -263,7 +263,7 @@ class GuardedRoundRobin(PyTaskScheduler):
         return -1
 
 
-def default_strategy(evolve: bool = True) -> ms.search_strategy.EvolutionarySearch:
+def default_strategy(evolve: bool = True, trials_per_iter: int = 16) -> ms.search_strategy.EvolutionarySearch:
     """MetaSchedule's evolutionary search sized for small hosts.
 
     evolve=True: population 256 and 3 genetic iterations (stock: 512 and 4).  Choosing each batch
@@ -274,24 +274,28 @@ def default_strategy(evolve: bool = True) -> ms.search_strategy.EvolutionarySear
     scores candidates *at random* until it holds `num_warmup_samples` (100) measurements, so
     mutating a population towards its scores is a random walk that costs host time (45% of a
     64-trial session's wall time here, by MetaSchedule's profiler) and buys nothing over random
-    sampling.  Then the search samples a small random population of the design space and measures
-    from it (no genetic iterations); database records still seed it.
+    sampling.  Then the search samples a random population of the design space twice the batch
+    (at least 32), enough for a batch of unmeasured candidates, and measures from it (no genetic
+    iterations); database records still seed it.
 
     Pass strategy='evolutionary' to the tuning functions for the stock configuration.
     """
     if evolve:
         return ms.search_strategy.EvolutionarySearch(population_size=256, genetic_num_iters=3)
-    return ms.search_strategy.EvolutionarySearch(population_size=64, init_min_unmeasured=48, genetic_num_iters=0)
+    population = max(32, 2 * trials_per_iter)
+    return ms.search_strategy.EvolutionarySearch(population_size=population, init_min_unmeasured=population * 3 // 4,
+                                                 genetic_num_iters=0)
 
 
-def _strategy_for(strategy: Any, cost_model: Any, session_trials: int) -> Any:
+def _strategy_for(strategy: Any, cost_model: Any, session_trials: int, trials_per_iter: int) -> Any:
     """`strategy`, or the default one: evolving only if the cost model can predict during the session."""
     if strategy is not None:
         return strategy
     warm_up = getattr(cost_model, "num_warmup_samples", None)
     if warm_up is None:  # a cost model that predicts from the start (or a named stock one)
         return default_strategy(evolve=True)
-    return default_strategy(evolve=getattr(cost_model, "data_size", 0) + session_trials > warm_up)
+    return default_strategy(evolve=getattr(cost_model, "data_size", 0) + session_trials > warm_up,
+                            trials_per_iter=trials_per_iter)
 
 
 def default_cost_model(num_tuning_cores: Optional[int] = None, num_warmup_samples: int = 100) -> Any:
@@ -406,7 +410,8 @@ def tune_primfuncs(funcs: Union[Mapping[str, tirx.PrimFunc], Sequence[tirx.PrimF
             max_trials_per_task=trials_per_task, num_trials_per_iter=min(trials_per_iter, trials_per_task),
             builder=builder, runner=runner, database=database, cost_model=cost_model,
             task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
-            strategy=_strategy_for(strategy, cost_model, trials_per_task * len(funcs)),
+            strategy=_strategy_for(strategy, cost_model, trials_per_task * len(funcs),
+                                   min(trials_per_iter, trials_per_task)),
             num_tuning_cores=cores, seed=seed)
     finally:
         if own_builder:
@@ -485,7 +490,7 @@ def tune_module(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
             max_trials_per_task=max_trials_per_task, num_trials_per_iter=trials_per_iter, op_names=op_names,
             builder=builder, runner=runner, database=database, cost_model=cost_model,
             task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
-            strategy=_strategy_for(strategy, cost_model, trials), seed=seed)
+            strategy=_strategy_for(strategy, cost_model, trials, trials_per_iter), seed=seed)
     finally:
         if own_builder:
             builder.close()
