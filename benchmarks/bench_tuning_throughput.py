@@ -14,14 +14,17 @@ would.  Rows:
                timeout), RPCRunner, evolutionary search and XGBoost cost model with their defaults.
   stock-long   the same with LocalBuilder(timeout_sec=600), so builds can outlive the workers'
                start-up (the tensor-intrinsic import) instead of timing out.
-  warm         gos_tvm.hw's WarmBuilder + TrackerRunner, MetaSchedule's default search and cost
-               model: what the warm workers alone change.
+  warm         gos_tvm.hw's WarmBuilder (pre-started workers that live across batches and skip
+               the tensor intrinsics) + TrackerRunner (pre-started workers, one RPC session per
+               share of a batch instead of one per candidate), MetaSchedule's default search and
+               cost model: what the workers alone change.
   ours         gos_tvm.hw.tune_primfunc's defaults: WarmBuilder + TrackerRunner, the fast
-               tensor-intrinsic import, default_cost_model() (MetaSchedule's XGBoost model, whose
-               training is deferred until it can predict: it predicts random scores below
-               100 samples either way) and default_strategy(): evolutionary search without
-               genetic iterations while the model can only score at random (a 64-trial
-               session never gets past that), population 256 / 3 iterations once it can.
+               tensor-intrinsic import in the tuning process, default_cost_model()
+               (MetaSchedule's XGBoost model, whose training is deferred until it can predict:
+               it predicts random scores below 100 samples either way) and default_strategy():
+               evolutionary search without genetic iterations, from a random population of two
+               batches, while the model can only score at random (a 64-trial session never gets
+               past that), population 256 / 3 iterations once it can.
 
 Trials per minute = measured candidates with a valid run time / wall time of the row (builder and
 runner construction included, pool start-up excluded).  Each row is bounded by `--row-timeout`: a
@@ -48,9 +51,9 @@ ROWS = ("stock", "stock-long", "warm", "ours")
 DESCRIPTIONS = {
     "stock": "LocalBuilder() [30 s timeout, new pool per batch] + RPCRunner, stock search & XGB",
     "stock-long": "LocalBuilder(timeout_sec=600) + RPCRunner, stock search & XGB",
-    "warm": "WarmBuilder + TrackerRunner, stock search & XGB",
+    "warm": "WarmBuilder + TrackerRunner (one RPC session per share of a batch), stock search & XGB",
     "ours": "WarmBuilder + TrackerRunner + fast intrinsic import + default_cost_model() + default_strategy() "
-            "(no genetic iterations while the cost model scores at random)",
+            "(no genetic iterations, population of two batches, while the cost model scores at random)",
 }
 
 
