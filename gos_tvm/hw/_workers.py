@@ -128,10 +128,10 @@ def measure_batch(tracker: tuple[str, int], key: str, kernels: Sequence[tuple[st
 
     `kernels` holds (library path, device type, args_info JSON) triples.  Returns, per kernel,
     (True, run seconds) or (False, error message), and the address of the server of each session
-    it opened.  One session measures the kernels one after another, so
-    the session's cost (tracker round trip, server fork, thread-pool start) is paid once per batch,
-    not once per kernel, and the server is handed back when the batch is done.  The server ends a
-    session after `session_timeout` s per kernel it still has to measure.
+    it opened.  One session measures the kernels one after another, so the session's cost
+    (tracker round trip, server fork, thread-pool start) is paid once per batch, not once per
+    kernel, and the server is handed back when the batch is done.  The server ends a session
+    after `session_timeout` s per kernel it still has to measure.
 
     Faults: an error that the live session reports (the kernel fails to load or run) fails that
     kernel and the session goes on with the next.  When the session breaks, the tracker tells why:

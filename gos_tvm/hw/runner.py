@@ -5,15 +5,16 @@ the arguments at random on the device, `time_evaluator`), with persistent, pre-s
 processes (one per server by default, so several servers under one key measure in parallel) and
 these additions:
 
-* a batch is split into one share per worker, and each share is measured in one RPC session
+* a batch is split into shares (one per worker, at most `max_per_session` candidates each), and
+  each share is measured in one RPC session
   (the stock runner opens a session per candidate: a tracker round trip, a server fork and a
   thread-pool start each time); the session ends with the share, so the server goes back to the
   tracker between batches, free for anyone else's measurements;
-
 * at construction, the tracker must be reachable and hold a server under the key, or
   `DeviceUnavailableError` is raised within `check_timeout` s (the stock runner hangs or waits 60 s);
-* waiting for a free server is bounded (`queue_timeout_sec`), and every measurement has an overall
-  wall-clock bound, after which it is recorded as failed (the stock future waits forever);
+* waiting for a free server is bounded (`queue_timeout_sec`), and every share has an overall
+  wall-clock bound, after which its measurements are recorded as failed (the stock future waits
+  forever);
 * a measurement whose session breaks (its server died mid-batch) is retried, with the rest of its
   share, on another server up to `max_retries` times, then recorded as failed; a kernel that fails
   to load or run on a live server is recorded as failed at once and the session goes on.  Either
