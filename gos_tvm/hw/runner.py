@@ -6,10 +6,10 @@ processes (one per server by default, so several servers under one key measure i
 these additions:
 
 * a batch is split into shares (one per worker, at most `max_per_session` candidates each), and
-  each share is measured in one RPC session
-  (the stock runner opens a session per candidate: a tracker round trip, a server fork and a
-  thread-pool start each time); the session ends with the share, so the server goes back to the
-  tracker between batches, free for anyone else's measurements;
+  each share is measured in one RPC session (the stock runner opens a session per candidate: a
+  tracker round trip, a server fork and a thread-pool start each time); the session ends with
+  the share, so the server goes back to the tracker between batches, free for anyone else's
+  measurements;
 * at construction, the tracker must be reachable and hold a server under the key, or
   `DeviceUnavailableError` is raised within `check_timeout` s (the stock runner hangs or waits 60 s);
 * waiting for a free server is bounded (`queue_timeout_sec`), and every share has an overall
