@@ -27,6 +27,7 @@ machine they move by tens of percent between runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -85,32 +86,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------
 # Machine and timing helpers
 # ----------------------------------------------------------------------------------------------
-_GOS_TVM_SOURCE: dict | None = None
-
-
+@functools.cache
 def _gos_tvm_source() -> dict:
     """Which gos_tvm tree was imported (editable installs can point at another checkout), its commit and
     whether gos_tvm/ had uncommitted edits, taken ONCE, when this process first asks (main() does so before
     any model runs): the modules stay loaded for the whole run, so later models of the same process run
     this code even if the tree's HEAD moves meanwhile."""
-    global _GOS_TVM_SOURCE
-    if _GOS_TVM_SOURCE is None:
-        info: dict = {}
-        try:
-            import subprocess
+    info: dict = {}
+    try:
+        import subprocess
 
-            import gos_tvm
-            root = Path(gos_tvm.__file__).resolve().parent.parent
-            info["gos_tvm_path"] = str(root)
-            info["gos_tvm_commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
-                                                    capture_output=True, text=True, timeout=10).stdout.strip() or None
-            info["gos_tvm_dirty"] = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "gos_tvm"],
-                                                        capture_output=True, text=True, timeout=10).stdout.strip())
-            info["gos_tvm_source_taken"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        except Exception:  # noqa: BLE001
-            pass
-        _GOS_TVM_SOURCE = info
-    return dict(_GOS_TVM_SOURCE)
+        import gos_tvm
+        root = Path(gos_tvm.__file__).resolve().parent.parent
+        info["gos_tvm_path"] = str(root)
+        info["gos_tvm_commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+        info["gos_tvm_dirty"] = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "gos_tvm"],
+                                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        info["gos_tvm_source_taken"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    except Exception:  # noqa: BLE001
+        pass
+    return info
 
 
 def machine_info() -> dict:
@@ -133,7 +129,7 @@ def machine_info() -> dict:
             info[name] = __import__(name).__version__
         except Exception:  # noqa: BLE001 - recorded as missing
             info[name] = None
-    info.update(_gos_tvm_source())
+    info.update(_gos_tvm_source())  # update copies: the cached dict stays as taken
     try:
         info["loadavg_at_start"] = os.getloadavg()
     except OSError:

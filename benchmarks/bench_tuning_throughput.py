@@ -27,7 +27,7 @@ would.  Rows:
                past that), population 256 / 3 iterations once it can.
 
 Trials per minute = measured candidates with a valid run time / wall time of the row (builder and
-runner construction included, pool start-up excluded).  Each row is bounded by `--row-timeout`: a
+runner construction included, the start-up of the RPC tracker and servers excluded).  Each row is bounded by `--row-timeout`: a
 row still running then is stopped and scored on the records its database holds at that time.
 Prints a table and writes JSON (default benchmarks/results/tuning_throughput.json).
 """

@@ -99,8 +99,9 @@ def emulated_preset(name: str = "rasp3b-aarch64", key: Optional[str] = None) -> 
     """The preset to compile and measure with on the emulated device: the board's target and
     cross-compiler, its own key, and `emulated=True` so that every result is labelled as such."""
     spec(name)  # a clear error for a preset that has no emulated form
-    return preset(name).as_emulated(
-        f"{preset(name).label} -- EMULATED under qemu-user on this host: timings are emulation timings, "
+    board = preset(name)
+    return board.as_emulated(
+        f"{board.label} -- EMULATED under qemu-user on this host: timings are emulation timings, "
         "not board timings").with_key(key or default_key(name))
 
 

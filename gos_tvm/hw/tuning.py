@@ -506,7 +506,7 @@ def compile_tuned(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
     (kernels without a record keep the default schedule).  Returns the executable (`export_library`-able).
 
     Each kernel gets its fastest record whose schedule computes the same as the unscheduled kernel
-    (`verified_database`).  The database is applied explicitly (`gos_tvm.graph.compile_module`:
+    (`verified_database`).  The database is applied explicitly (`gos_tvm.graph.compile_lowered`:
     `MetaScheduleApplyDatabase` on the legalized and fused module) rather than through
     `compile_relax`, which was seen to drop the tuned schedules.
     """

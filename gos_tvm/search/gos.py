@@ -269,7 +269,7 @@ class GOSearch:
             return self.state["candidates"][f"{site_id}:{cand.structural_hash}"]["fit"]
         mod, params = self.adapted(choices)
         x_cur, _ = graph.capture(mod, params, self.calib, [site_id])[site_id]
-        _, y_orig = self._original_activations(site_id)
+        _, y_orig = self._calib_activations[site_id]
         res = fit(cand, x_cur, y_orig, original_weights=site.weights, steps=self.opt.fit_steps,
                   seed=self.opt.seed)
         self.store.save_weights(site_id, cand.structural_hash, res.weights)
@@ -282,9 +282,6 @@ class GOSearch:
         from .. import graph
 
         return graph.capture(self.mod, self.params, self.calib)
-
-    def _original_activations(self, site_id: str) -> tuple[np.ndarray, np.ndarray]:
-        return self._calib_activations[site_id]
 
     # ------------------------------------------------------------------ phases
 
