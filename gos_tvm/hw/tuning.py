@@ -27,6 +27,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 
 from ._fastimport import import_tensor_intrin
+from .ms_logging import metaschedule_logging
 from .presets import Preset, resolve_target
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -405,14 +406,15 @@ def tune_primfuncs(funcs: Union[Mapping[str, tirx.PrimFunc], Sequence[tirx.PrimF
     cost_model = cost_model if cost_model is not None else default_cost_model(cores)
     mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
     try:
-        ms.tir_integration.tune_tir(
-            mod, tgt, work_dir, max_trials_global=trials_per_task * len(funcs),
-            max_trials_per_task=trials_per_task, num_trials_per_iter=min(trials_per_iter, trials_per_task),
-            builder=builder, runner=runner, database=database, cost_model=cost_model,
-            task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
-            strategy=_strategy_for(strategy, cost_model, trials_per_task * len(funcs),
-                                   min(trials_per_iter, trials_per_task)),
-            num_tuning_cores=cores, seed=seed)
+        with metaschedule_logging():
+            ms.tir_integration.tune_tir(
+                mod, tgt, work_dir, max_trials_global=trials_per_task * len(funcs),
+                max_trials_per_task=trials_per_task, num_trials_per_iter=min(trials_per_iter, trials_per_task),
+                builder=builder, runner=runner, database=database, cost_model=cost_model,
+                task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
+                strategy=_strategy_for(strategy, cost_model, trials_per_task * len(funcs),
+                                       min(trials_per_iter, trials_per_task)),
+                num_tuning_cores=cores, seed=seed)
     finally:
         if own_builder:
             builder.close()
@@ -485,12 +487,13 @@ def tune_module(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
     prepared = prepare_relax(mod, params, tgt)
     cost_model = cost_model if cost_model is not None else default_cost_model()
     try:
-        ms.relax_integration.tune_relax(
-            prepared, params={}, target=tgt, work_dir=work_dir, max_trials_global=trials,
-            max_trials_per_task=max_trials_per_task, num_trials_per_iter=trials_per_iter, op_names=op_names,
-            builder=builder, runner=runner, database=database, cost_model=cost_model,
-            task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
-            strategy=_strategy_for(strategy, cost_model, trials, trials_per_iter), seed=seed)
+        with metaschedule_logging():
+            ms.relax_integration.tune_relax(
+                prepared, params={}, target=tgt, work_dir=work_dir, max_trials_global=trials,
+                max_trials_per_task=max_trials_per_task, num_trials_per_iter=trials_per_iter, op_names=op_names,
+                builder=builder, runner=runner, database=database, cost_model=cost_model,
+                task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
+                strategy=_strategy_for(strategy, cost_model, trials, trials_per_iter), seed=seed)
     finally:
         if own_builder:
             builder.close()
