@@ -1,5 +1,5 @@
 """Tuning again in the same process: MetaSchedule's logging set-up must not trip over handlers it
-did not create (pytest >= 9.1 attaches an unnamed capture handler to every non-propagating logger
+did not create (pytest 9.2 attaches an unnamed capture handler to every non-propagating logger
 during each test; a user's logging configuration can attach named ones)."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from gos_tvm.instructions import library, to_te
 
 @pytest.fixture
 def foreign():
-    """An unnamed handler (as pytest >= 9.1 attaches) and a named one (as a user's dictConfig
+    """An unnamed handler (as pytest 9.2 attaches) and a named one (as a user's dictConfig
     would) on MetaSchedule's logger for the duration of the test."""
     logger = logging.getLogger(METASCHEDULE_LOGGER)
     unnamed = logging.StreamHandler(io.StringIO())

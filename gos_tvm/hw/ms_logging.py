@@ -6,10 +6,11 @@ on the logger ``tvm.s_tir.meta_schedule`` as that logger's handlers in the new c
 there that MetaSchedule did not create breaks every later tuning run in the process:
 
 * an unnamed one gives ``AttributeError: 'NoneType' object has no attribute 'format'`` (in
-  ``_parameterize_config``).  pytest >= 9.1 attaches its unnamed capture handler to every
+  ``_parameterize_config``).  pytest 9.2 (9.0 did not) attaches its unnamed capture handler to every
   non-propagating logger during each test, and MetaSchedule's logger is non-propagating after
   its first run, so the second tuning run in a test session failed;
-* a named one that is not in MetaSchedule's config gives ``ValueError: Unable to add handler``.
+* a named one that is not in MetaSchedule's config gives ``ValueError: Unable to configure logger
+  'tvm.s_tir.meta_schedule'``.
 
 `metaschedule_logging()` detaches such handlers for the duration of a tuning run and puts them
 back afterwards, so a process (a test session, a notebook, a user's script with its own logging
