@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gos_tvm.graph import (EM_AARCH64, EM_ARM, UnsupportedModelError, analyze, apply_database, as_target, capture,
-                           capture_torch, compile_module, elf_machine, elf_type, export_library, find_sites,
+                           capture_torch, compile_module, fold_batchnorm, elf_machine, elf_type, export_library, find_sites,
                            find_skipped, from_onnx, from_torch, legalize, load_vm, run, split_samples, substitute,
                            torch_reference)
 from gos_tvm.instructions import OpProgram, ProgramBuilder, library
@@ -176,7 +176,8 @@ def replacement_for(site, seed: int) -> tuple[OpProgram, dict[str, np.ndarray]]:
 
 def test_import_names_params_by_state_dict(imported):
     name, model, x, mod, params = imported
-    trained = dict(model.named_parameters())
+    folded, _ = fold_batchnorm(model)           # from_torch imports the model with BatchNorm folded
+    trained = dict(folded.named_parameters())
     assert set(params) == set(trained)
     for k, v in params.items():
         assert v.dtype == np.float32
@@ -203,8 +204,9 @@ def test_sites_are_the_torch_layers(imported):
         assert kinds["classifier"] == "dense"
     # Each site's program with its weights computes what the torch layer computes.
     acts = capture_torch(model, x, [s.id for s in sites])
+    folded, _ = fold_batchnorm(model)           # the layers as imported, BatchNorm folded in
     for s in sites:
-        layer = model.get_submodule(s.id)
+        layer = folded.get_submodule(s.id)
         assert s.bias == (layer.bias is not None)
         np.testing.assert_array_equal(s.weights["weight"], layer.weight.detach().numpy())
         xin, yout = acts[s.id]

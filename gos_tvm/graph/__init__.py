@@ -28,7 +28,8 @@ from .importer import UnsupportedModelError, from_onnx, from_torch, model_inputs
 from .rewrite import Replacement, capture_module, check_replacement, replacement_prim_func, substitute
 from .sites import SITE_KINDS, Site, SiteAnalysis, SkippedSite, analyze, find_sites, find_skipped
 
-_LAZY = {"torch_reference": "gos_tvm.graph.reference", "capture_torch": "gos_tvm.graph.reference"}
+_LAZY = {"torch_reference": "gos_tvm.graph.reference", "capture_torch": "gos_tvm.graph.reference",
+         "fold_batchnorm": "gos_tvm.graph.fold"}
 
 
 def __getattr__(name: str) -> Any:  # torch is imported only when the torch helpers are used
@@ -44,5 +45,5 @@ __all__ = [
     "capture", "split_samples",
     "as_target", "bind_params", "legalize", "apply_database", "compile_module", "compile_lowered", "run", "load_vm", "export_library",
     "cross_compiler_for", "is_cross_target", "elf_machine", "elf_type", "CROSS_COMPILERS",
-    "EM_ARM", "EM_AARCH64", "EM_X86_64", "torch_reference", "capture_torch",
+    "EM_ARM", "EM_AARCH64", "EM_X86_64", "torch_reference", "capture_torch", "fold_batchnorm",
 ]

@@ -11,9 +11,11 @@ Parameters are kept as function arguments, not bound as constants, because that 
 makes the rest of `gos_tvm.graph` simple: a weight has a *name* (the torch state-dict key,
 e.g. ``layer1.0.conv1.weight``, or the ONNX initializer name), op sites are named after
 the weights they use, a substitution swaps parameter arguments, and the module stays
-small enough to print and serialise.  Buffers that are not trainable parameters
-(BatchNorm running statistics) stay in the module as constants.  `compile_module` binds
-``params`` as constants before compiling.
+small enough to print and serialise.  `from_torch` folds each BatchNorm that follows a
+convolution or linear layer into that layer first (`gos_tvm.graph.fold`); buffers that are
+not trainable parameters (the running statistics of a BatchNorm that could not be folded)
+stay in the module as constants.  `compile_module` binds ``params`` as constants before
+compiling.
 """
 from __future__ import annotations
 
@@ -71,7 +73,8 @@ def _unsupported_from_assert(err: AssertionError) -> str | None:
     return ", ".join(f"aten.{o}" for o in ops)
 
 
-def from_torch(model: Any, example_inputs: Any) -> tuple[tvm.IRModule, dict[str, np.ndarray]]:
+def from_torch(model: Any, example_inputs: Any, *,
+               fold_batchnorm: bool = True) -> tuple[tvm.IRModule, dict[str, np.ndarray]]:
     """Import a `torch.nn.Module` through `torch.export` into a Relax module and its parameters.
 
     ``example_inputs`` is a tensor (or numpy array) or a tuple of them; their shapes become
@@ -79,6 +82,10 @@ def from_torch(model: Any, example_inputs: Any) -> tuple[tvm.IRModule, dict[str,
     flag is restored afterwards).  Parameter arguments of ``main`` are named by their
     state-dict keys (``"layer1.0.conv1.weight"``), so op sites are named after the torch
     modules that own them (see `find_sites`).
+
+    With ``fold_batchnorm`` (default) every BatchNorm right after a convolution or linear layer
+    is folded into it first (`gos_tvm.graph.fold_batchnorm`), as inference runtimes do: the
+    module then has the folded weights and a bias for such layers (``<layer>.bias``).
 
     Raises `UnsupportedModelError` naming the operator(s) when torch.export cannot capture
     the model or TVM's frontend has no conversion for one of its operators.
@@ -92,6 +99,10 @@ def from_torch(model: Any, example_inputs: Any) -> tuple[tvm.IRModule, dict[str,
         example_inputs = (example_inputs,)
     args = tuple(torch.as_tensor(x) if isinstance(x, np.ndarray) else x for x in example_inputs)
 
+    if fold_batchnorm:
+        from .fold import fold_batchnorm as _fold
+
+        model, _ = _fold(model)
     was_training = model.training
     model.eval()
     try:

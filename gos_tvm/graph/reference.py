@@ -8,6 +8,10 @@ submodules swapped for `gos_tvm.instructions.to_torch` modules (`torch_reference
 a site's calibration activations are the submodule's input and output (`capture_torch`).
 Ids of the form ``"name#2"`` (a module called twice) and ``"kind@var"`` (constant
 weights) have no submodule.
+
+Both fold BatchNorm into the layer before it, as `from_torch` does by default
+(`gos_tvm.graph.fold_batchnorm`), so that a site's submodule computes what the site computes;
+pass ``fold_batchnorm=False`` for a model imported with ``from_torch(..., fold_batchnorm=False)``.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 from ..instructions import to_torch
+from .fold import fold_batchnorm as _fold
 from .rewrite import Replacement
 
 
@@ -44,13 +49,17 @@ class Chunked(torch.nn.Module):
         return torch.cat([self.module(c) for c in torch.split(x, b)])
 
 
-def torch_reference(model: torch.nn.Module, replacements: Mapping[str, Replacement]) -> torch.nn.Module:
-    """A deep copy of ``model`` (in eval mode) with the submodule of each site id replaced by
-    ``to_torch(program, weights)``: the torch counterpart of `substitute`.
+def torch_reference(model: torch.nn.Module, replacements: Mapping[str, Replacement], *,
+                    fold_batchnorm: bool = True) -> torch.nn.Module:
+    """A deep copy of ``model`` (in eval mode, BatchNorm folded as in `from_torch`) with the
+    submodule of each site id replaced by ``to_torch(program, weights)``: the torch counterpart
+    of `substitute`.
 
     The programs have the static batch size of the imported model; the replaced
     submodules (`Chunked`) run larger batches that are multiples of it chunk by chunk."""
-    ref = copy.deepcopy(model).eval()
+    ref = (_fold(model)[0] if fold_batchnorm else copy.deepcopy(model)).eval()
+    if ref is model:  # nothing was folded: still never change the caller's model
+        ref = copy.deepcopy(model).eval()
     for site_id, (program, weights) in replacements.items():
         _submodule(ref, site_id)
         parent_name, _, child = site_id.rpartition(".")
@@ -59,11 +68,14 @@ def torch_reference(model: torch.nn.Module, replacements: Mapping[str, Replaceme
     return ref
 
 
-def capture_torch(model: torch.nn.Module, inputs: Any,
-                  site_ids: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def capture_torch(model: torch.nn.Module, inputs: Any, site_ids: Sequence[str], *,
+                  fold_batchnorm: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The input and output of the submodule of each site id on ``inputs`` (one tensor or
     array with a batch axis, a tuple of them for several model inputs, or a list of
-    samples that are concatenated along axis 0), with the model in eval mode."""
+    samples that are concatenated along axis 0), with the model in eval mode and its
+    BatchNorm folded as in `from_torch`."""
+    if fold_batchnorm:
+        model, _ = _fold(model)
     def tensor(x: Any) -> torch.Tensor:
         return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
