@@ -28,6 +28,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..targets import cpu_target
+
 #: The Debian package that provides each cross compiler.
 CROSS_COMPILERS = {
     "aarch64": ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
@@ -42,7 +44,9 @@ EM_AARCH64 = 183
 
 def as_target(target: Any = None) -> tvm.target.Target:
     """A `tvm.target.Target` from a Target, a dict, a tag / JSON string, an object with a
-    ``.target`` attribute (a device preset), or None (the host CPU with ``num-cores``).
+    ``.target`` attribute (a device preset), or None (the host CPU: `gos_tvm.targets.cpu_target`,
+    with ``num-cores`` and ``LLVM_CL_OPT``, so scoring and capture compile with the same workaround
+    as tuning and export).
 
     An llvm target for a hard-float ARM triple (``*-gnueabihf``) without ``mfloat-abi``
     gets ``"mfloat-abi": "hard"``: without it LLVM emits soft-float objects that
@@ -50,7 +54,7 @@ def as_target(target: Any = None) -> tvm.target.Target:
     not"); the ``arm/rasp3b`` tag is such a target.
     """
     if target is None:
-        return tvm.target.Target({"kind": "llvm", "num-cores": os.cpu_count() or 1})
+        return cpu_target()
     if isinstance(target, tvm.target.Target):
         return _hard_float(target)
     if isinstance(target, (dict, str)):
