@@ -132,14 +132,16 @@ def compile_lowered(lowered: tvm.IRModule, target: Any = None, database: Any = N
         return tvm.compile(lowered, target=target)
 
 
-def _flatten(value: Any) -> list[np.ndarray]:
+def flatten_outputs(value: Any) -> list[np.ndarray]:
+    """A VM result (a tensor, a nested tuple of tensors, local or over RPC, or a scalar) as a flat
+    list of numpy arrays."""
     if hasattr(value, "numpy"):
         return [value.numpy()]
     if isinstance(value, (int, float)):
         return [np.asarray(value)]
     out = []
     for item in value:
-        out += _flatten(item)
+        out += flatten_outputs(item)
     return out
 
 
@@ -174,7 +176,7 @@ def run(executable: Any, inputs: Any, device: Any = None) -> list[np.ndarray]:
     vm = load_vm(executable, device)
     dev = device or tvm.cpu()
     args = [tvm.runtime.tensor(x, dev) for x in _as_arrays(inputs)]
-    return _flatten(vm["main"](*args))
+    return flatten_outputs(vm["main"](*args))
 
 
 def _triple(target: tvm.target.Target) -> str:
@@ -258,7 +260,7 @@ def elf_type(path: str | os.PathLike) -> int:
     return _elf_field(path, 16)
 
 
-__all__ = ["as_target", "bind_params", "legalize", "apply_database", "compile_module", "compile_lowered", "run", "load_vm",
+__all__ = ["flatten_outputs", "as_target", "bind_params", "legalize", "apply_database", "compile_module", "compile_lowered", "run", "load_vm",
            "export_library",
            "cross_compiler_for", "is_cross_target", "elf_machine", "elf_type", "CROSS_COMPILERS",
            "EM_ARM", "EM_AARCH64", "EM_X86_64"]

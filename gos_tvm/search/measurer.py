@@ -128,8 +128,8 @@ class TunedMeasurer(Measurer):
 
     def kernels(self, programs: Mapping[str, OpProgram]) -> dict[str, float]:
         from ..hw import tune_primfuncs
-        from ..hw.database import database_records, kernel_workload, remeasure_best
-        from ..hw.verify import best_correct_record
+        from ..hw.tuning.database import database_records, kernel_workload, remeasure_best
+        from ..hw.tuning.verify import best_correct_record
 
         db = self.database("kernels")
         funcs = {f"k{p.structural_hash}": to_te(p) for p in programs.values()}
@@ -150,7 +150,7 @@ class TunedMeasurer(Measurer):
         from tvm.s_tir import meta_schedule as ms
 
         from ..hw import compile_tuned, measure_module, tune_module
-        from ..hw.database import database_kernel_sum, remeasure_best
+        from ..hw.tuning.database import database_kernel_sum, remeasure_best
         from ..hw.tuning import prepare_relax
 
         db = self.database(name)

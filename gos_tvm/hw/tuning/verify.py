@@ -29,7 +29,7 @@ def _random_args(func: tirx.PrimFunc, seed: int) -> list:
 
 def _host_outputs(mod: tvm.IRModule, args: list) -> list:
     """Every buffer after running `mod` (built for this host) on a copy of `args`."""
-    from ..targets import cpu_target
+    from ...targets import cpu_target
 
     lib = tvm.compile(mod, target=cpu_target())
     tensors = [tvm.runtime.tensor(a.copy()) for a in args]

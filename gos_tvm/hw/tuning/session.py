@@ -26,16 +26,16 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 
-from ._fastimport import import_tensor_intrin
+from ..metaschedule._fastimport import import_tensor_intrin
 # Database queries and record verification live in their own modules; re-exported here for callers
-# that import them from `gos_tvm.hw.tuning`.
+# that import them from `gos_tvm.hw.tuning` (the package re-exports this module).
 from .database import (FAILED_RUN_SECS, _workload_mod, best_record, database_records,  # noqa: F401
                        open_database, record_latency)
 from .verify import best_correct_record, schedule_is_correct, verified_database  # noqa: F401
-from .presets import Preset, resolve_target
+from ..presets import Preset, resolve_target
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .builder import WarmBuilder
+    from ..metaschedule.builder import WarmBuilder
 
 @dataclass
 class KernelTuneResult:
@@ -179,7 +179,7 @@ def _make_runner(tracker, key, runner):
     if tracker is None or key is None:
         raise ValueError("give tracker=(host, port) and key=... (or runner=...); to use this machine as the "
                          "device, start a gos_tvm.hw.LocalDevicePool or `gos-tvm rpc tracker` + `gos-tvm rpc server`")
-    from .runner import TrackerRunner
+    from ..metaschedule.runner import TrackerRunner
 
     return TrackerRunner(tuple(tracker), key)
 
@@ -187,7 +187,7 @@ def _make_runner(tracker, key, runner):
 def _make_builder(builder, device):
     if builder is not None:
         return builder
-    from .builder import WarmBuilder
+    from ..metaschedule.builder import WarmBuilder
 
     return WarmBuilder(device if isinstance(device, (Preset, str)) else None)
 
@@ -323,7 +323,7 @@ def prepare_relax(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
                   target: Union[str, dict, Preset, tvm.target.Target]) -> tvm.IRModule:
     """Bind `params`, then legalize and fuse under `target` (`gos_tvm.graph.legalize`): the module
     that MetaSchedule extracts tasks from and that the tuned database is applied to."""
-    from ..graph import legalize
+    from ...graph import legalize
 
     return legalize(mod, params, resolve_target(target))
 
@@ -369,7 +369,7 @@ def compile_tuned(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
     `MetaScheduleApplyDatabase` on the legalized and fused module) rather than through
     `compile_relax`, which was seen to drop the tuned schedules.
     """
-    from ..graph import compile_lowered
+    from ...graph import compile_lowered
 
     tgt = resolve_target(target)
     lowered = prepare_relax(mod, params, tgt)
