@@ -173,3 +173,30 @@ def test_strategies_are_swappable(model, tmp_path):
     out = _search(model, tmp_path, fake, options=ONE_SITE, strategies=[]).run()
     assert [c.key for c in out.configurations] == [out.chosen.key] and not any(out.chosen.choices.values())
     assert fake.model_calls == ["original"] and out.adapted is out.baseline
+
+
+def test_tune_result_is_built_from_the_outcome_alone(model, tmp_path):
+    """`tune` on the fake device: the result builds any configuration from its own fields (the
+    candidates' programs and fitted weights), and the report says the latencies are not measured."""
+    import json
+
+    import gos_tvm
+
+    mod, params, x, reference = model
+    result = gos_tvm.tune(mod, "local", params=params, calib_data=x, eval_fn=_evaluate(x, reference),
+                          accuracy_budget=0.5, work_dir=tmp_path, measurer=FakeMeasurer(),
+                          **{**OPTIONS, **ONE_SITE})
+    assert not hasattr(result, "_search")
+    report = json.loads(result.report_path.read_text())
+    assert report["measured_by"] == "FakeMeasurer" and report["original"]["latency"]["device"] == "fake"
+    replaced = [d for d in result.decisions if d.choice]
+    assert replaced and result.speedup > 1
+    for d in replaced:
+        assert result.program(d.choice).structural_hash == d.choice.split(":")[1]
+    mod2, params2 = result.build()
+    y = graph.run(graph.compile_module(mod2, params2), x[:1])[0]
+    y_adapted = graph.run(graph.compile_module(result.mod, result.params), x[:1])[0]
+    np.testing.assert_allclose(y, y_adapted, rtol=1e-5, atol=1e-6)
+    original = next(c for c in result.configurations if not any(c.choices.values()))
+    mod0, params0 = result.build(original)
+    assert mod0 is result.original_mod

@@ -12,7 +12,7 @@ import numpy as np
 from .adapt import build_adapted
 from .cost_model import ProgramLatencyModel
 from .gos import GOSearch
-from .measurer import TuningParts
+from .measurer import Measurer, TuningParts
 from .pareto import Configuration
 from .report import plot_pareto, write_report
 from .results import Candidate, Decision, EvalFn, Predict, SearchOptions, SearchOutcome
@@ -166,7 +166,7 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
          trials: int = 64, kernel_trials: int = 16, work_dir: str | os.PathLike = "gos_work", seed: int = 0,
          example_inputs: Any = None, warm_start: str | os.PathLike | None = None,
          strategies: Sequence[SearchStrategy] | None = None, latency_model: ProgramLatencyModel | None = None,
-         parts: TuningParts | None = None, **options: Any) -> TuneResult:
+         parts: TuningParts | None = None, measurer: Measurer | None = None, **options: Any) -> TuneResult:
     """Adapt a model to a device by Grassroots Operator Search.
 
     Args:
@@ -188,6 +188,8 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
             XGBoost `LatencyModel`, kept in the work directory).
         parts: the MetaSchedule builder / runner / database / cost model to tune with
             (`gos_tvm.search.measurer.TuningParts`; default: gos_tvm's own).
+        measurer: where latencies come from instead of the device (e.g. the fake device
+            `gos_tvm.search.FakeMeasurer`); then no tracker or server is used.
         options: further `SearchOptions` (max_sites, tries_per_site, measure_per_site,
             max_flops_ratio, depth, fit_steps, calib_samples, generations, population, repeat).
     """
@@ -219,8 +221,9 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
     # The work directory is checked (a different model or device is refused) before any device starts.
     search = GOSearch(mod, params, device, calib_data=calib, evaluate=eval_fn, accuracy_budget=accuracy_budget,
                       work_dir=work_dir, options=opts, warm_start=warm_start, strategies=strategies,
-                      latency_model=latency_model, parts=parts)
-    with _device_pool(tracker, key, device) as (trk, k):
+                      latency_model=latency_model, parts=parts, measurer=measurer)
+    pool = _device_pool(tracker, key, device) if measurer is None else contextlib.nullcontext((None, None))
+    with pool as (trk, k):
         search.tracker, search.key = trk, k
         try:
             out = search.run()
@@ -248,6 +251,7 @@ def _result(search: GOSearch, out: SearchOutcome, accuracy_budget: float, opts: 
         "device_measurements": out.device_measurements,
         "search_seconds": out.seconds,
         "options": vars(opts),
+        "measured_by": type(search.measurer).__name__,  # TunedMeasurer: the device; FakeMeasurer: a formula
     }
     work_dir = search.store.path
     report_path = write_report(work_dir / "report.json", report)
