@@ -100,7 +100,7 @@ def test_default_search_evolves_only_when_the_cost_model_can_predict():
 def _tensorized_int8_dense(intrin: str, lanes: int):
     """C[m, n] = sum_k X[m, k] * W[n, k] (8-bit in, int32 out), its inner n x 4 product
     tensorized with `intrin` (W packed as [n / lanes, k / 4, lanes, 4])."""
-    from gos_tvm.hw._fastimport import import_tensor_intrin
+    from gos_tvm.hw.metaschedule._fastimport import import_tensor_intrin
 
     import_tensor_intrin()  # scheduling looks the intrinsic up: this (the tuning) process needs it
     m, n, k = 8, 2 * lanes, 64

@@ -88,7 +88,7 @@ def _frames_a():
 
 
 def _frames_b():
-    from gos_tvm.hw._fastimport import _fast_stack
+    from gos_tvm.hw.metaschedule._fastimport import _fast_stack
 
     fast, ref = _fast_stack(), inspect.stack()
     return fast, ref
@@ -106,7 +106,7 @@ def test_fast_stack_matches_inspect_stack():
 
 
 def test_fast_import_registers_the_intrinsics_in_a_fresh_process():
-    code = ("import time; from gos_tvm.hw._fastimport import import_tensor_intrin; t = import_tensor_intrin(); "
+    code = ("import time; from gos_tvm.hw.metaschedule._fastimport import import_tensor_intrin; t = import_tensor_intrin(); "
             "from tvm.s_tir import TensorIntrin; TensorIntrin.get('dot_4x4_i8i8s32_neon'); "
             "import inspect; assert inspect.stack.__module__ == 'inspect'; print(t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -14,7 +14,7 @@ import torch
 import gos_tvm
 from gos_tvm import models
 from gos_tvm.hw import LocalDevicePool, TrackerRunner, WarmBuilder, tune_primfunc
-from gos_tvm.hw.ms_logging import METASCHEDULE_LOGGER, foreign_handlers
+from gos_tvm.hw.metaschedule.ms_logging import METASCHEDULE_LOGGER, foreign_handlers
 from gos_tvm.instructions import library, to_te
 
 

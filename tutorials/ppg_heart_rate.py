@@ -161,7 +161,7 @@ def main(argv=None) -> dict:
     replaced = []
     for d in result.decisions:
         if d.choice:
-            prog = result._search.program(d.choice)  # the chosen replacement program of this site
+            prog = result.program(d.choice)  # the chosen replacement program of this site
             adapt_sites[d.site] = {"kind": d.rule, "flops": int(prog.flops), "params": int(prog.params)}
             replaced.append({"site": d.site, "kind": d.kind, "rule": d.rule, "reason": d.reason,
                              "flops": [orig_sites[d.site]["flops"], int(prog.flops)],

@@ -28,6 +28,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..targets import cpu_target
+
 #: The Debian package that provides each cross compiler.
 CROSS_COMPILERS = {
     "aarch64": ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
@@ -42,7 +44,9 @@ EM_AARCH64 = 183
 
 def as_target(target: Any = None) -> tvm.target.Target:
     """A `tvm.target.Target` from a Target, a dict, a tag / JSON string, an object with a
-    ``.target`` attribute (a device preset), or None (the host CPU with ``num-cores``).
+    ``.target`` attribute (a device preset), or None (the host CPU: `gos_tvm.targets.cpu_target`,
+    with ``num-cores`` and ``LLVM_CL_OPT``, so scoring and capture compile with the same workaround
+    as tuning and export).
 
     An llvm target for a hard-float ARM triple (``*-gnueabihf``) without ``mfloat-abi``
     gets ``"mfloat-abi": "hard"``: without it LLVM emits soft-float objects that
@@ -50,7 +54,7 @@ def as_target(target: Any = None) -> tvm.target.Target:
     not"); the ``arm/rasp3b`` tag is such a target.
     """
     if target is None:
-        return tvm.target.Target({"kind": "llvm", "num-cores": os.cpu_count() or 1})
+        return cpu_target()
     if isinstance(target, tvm.target.Target):
         return _hard_float(target)
     if isinstance(target, (dict, str)):
@@ -128,14 +132,16 @@ def compile_lowered(lowered: tvm.IRModule, target: Any = None, database: Any = N
         return tvm.compile(lowered, target=target)
 
 
-def _flatten(value: Any) -> list[np.ndarray]:
+def flatten_outputs(value: Any) -> list[np.ndarray]:
+    """A VM result (a tensor, a nested tuple of tensors, local or over RPC, or a scalar) as a flat
+    list of numpy arrays."""
     if hasattr(value, "numpy"):
         return [value.numpy()]
     if isinstance(value, (int, float)):
         return [np.asarray(value)]
     out = []
     for item in value:
-        out += _flatten(item)
+        out += flatten_outputs(item)
     return out
 
 
@@ -170,7 +176,7 @@ def run(executable: Any, inputs: Any, device: Any = None) -> list[np.ndarray]:
     vm = load_vm(executable, device)
     dev = device or tvm.cpu()
     args = [tvm.runtime.tensor(x, dev) for x in _as_arrays(inputs)]
-    return _flatten(vm["main"](*args))
+    return flatten_outputs(vm["main"](*args))
 
 
 def _triple(target: tvm.target.Target) -> str:
@@ -254,7 +260,7 @@ def elf_type(path: str | os.PathLike) -> int:
     return _elf_field(path, 16)
 
 
-__all__ = ["as_target", "bind_params", "legalize", "apply_database", "compile_module", "compile_lowered", "run", "load_vm",
+__all__ = ["flatten_outputs", "as_target", "bind_params", "legalize", "apply_database", "compile_module", "compile_lowered", "run", "load_vm",
            "export_library",
            "cross_compiler_for", "is_cross_target", "elf_machine", "elf_type", "CROSS_COMPILERS",
            "EM_ARM", "EM_AARCH64", "EM_X86_64"]

@@ -1,6 +1,12 @@
-"""Devices over TVM RPC: target presets, the tracker as a device pool, per-kernel MetaSchedule
-tuning through the tracker, end-to-end measurement of compiled Relax modules, and a warm builder
-that keeps tuning fast on small machines.
+"""Devices over TVM RPC, in three layers:
+
+    device pool and processes   presets.py (device presets), tracker.py (tracker and servers as a
+                                device pool), emulate.py (a board under qemu), rpc_cli.py
+                                (`gos-tvm rpc ...`), measure.py (end-to-end timing over RPC)
+    metaschedule/               MetaSchedule plug-ins: the warm builder, the tracker runner, their
+                                workers, the fast tensor-intrinsic import
+    tuning/                     tuning sessions (kernels, whole modules), database queries,
+                                verification of tuned records, `compile_tuned`
 
 Names are imported lazily: `import gos_tvm.hw` (and `gos-tvm rpc --help`) does not import TVM.
 """
@@ -17,15 +23,16 @@ _LAZY = {
     "DeviceUnavailableError": "tracker", "TrackerStatus": "tracker", "query_tracker": "tracker",
     "require_servers": "tracker", "request_session": "tracker", "LocalDevicePool": "tracker",
     "start_tracker": "tracker", "start_server": "tracker",
-    # builder / runner
-    "WarmBuilder": "builder", "TrackerRunner": "runner", "make_runner": "runner",
+    # MetaSchedule plug-ins
+    "WarmBuilder": "metaschedule.builder", "TrackerRunner": "metaschedule.runner",
+    "make_runner": "metaschedule.runner",
     # tuning
     "tune_primfunc": "tuning", "tune_primfuncs": "tuning", "tune_module": "tuning", "compile_tuned": "tuning",
     "KernelTuneResult": "tuning", "best_record": "tuning", "record_latency": "tuning",
-    "open_database": "tuning", "database_records": "tuning",
+    "open_database": "tuning", "database_records": "tuning", "builder_and_runner": "tuning",
     # measurement
     "measure_module": "measure", "LatencyStats": "measure", "export_module": "measure",
-    "import_tensor_intrin": "_fastimport",
+    "import_tensor_intrin": "metaschedule._fastimport",
 }
 
 

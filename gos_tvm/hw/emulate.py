@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .presets import Preset, preset
-from .tracker import DeviceUnavailableError, ManagedProcess, _spawn, free_port, query_tracker
+from .tracker import DeviceUnavailableError, ManagedProcess, free_port, query_tracker, spawn
 
 
 class EmulatedDeviceError(RuntimeError):
@@ -415,7 +415,7 @@ def start_emulated_server(tracker: tuple, key: Optional[str] = None, root=None, 
     cmd = _chroot(root, "/usr/bin/env", "HOME=/root", "PYTHONUNBUFFERED=1", "TMPDIR=/tmp",
                   f"{VENV}/bin/python", "-m", "tvm.exec.rpc_server", "--host", host, "--port", str(port),
                   "--port-end", str(port + 16), "--tracker", f"{thost}:{tport}", "--key", key)
-    mp = _spawn(f"emulated-{key}-{port}", cmd, log_dir)
+    mp = spawn(f"emulated-{key}-{port}", cmd, log_dir)
     mp.port = port
     srv = EmulatedServer(name, key, (thost, tport), root, mp)
     if not wait:

@@ -85,12 +85,6 @@ def _as_list(inputs: Union[Mapping[str, Any], Sequence[Any], np.ndarray, None]) 
     return out
 
 
-def _flatten(value: Any) -> list[np.ndarray]:
-    if isinstance(value, (tuple, list)):
-        return [a for v in value for a in _flatten(v)]
-    return [value.numpy()]
-
-
 def measure_module(executable: Any, device: Union[str, Preset, None], tracker: tuple[str, int],
                    key: Optional[str] = None, inputs: Union[Mapping[str, Any], Sequence[Any], None] = None, *,
                    repeat: int = 10, number: int = 5, min_repeat_ms: int = 0, func_name: str = "main",
@@ -174,7 +168,9 @@ def _measure_once(library: str, tracker: tuple[str, int], key: str, args: list[n
         outputs = None
         if fetch_outputs:
             vm.invoke_stateful(func_name)
-            outputs = _flatten(vm.get_outputs(func_name))
+            from ..graph.compile import flatten_outputs
+
+            outputs = flatten_outputs(vm.get_outputs(func_name))
         timer = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
         result = timer(func_name)
         return LatencyStats.from_raw(list(result.results), number=number, device=preset.name,

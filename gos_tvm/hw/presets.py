@@ -16,9 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
 
-#: LLVM flags of every preset's target; see gos_tvm.instructions.lowering_te.LLVM_CL_OPT
-#: (TVM's bundled LLVM miscompiles some small loop nests in its SLP vectorizer).
-LLVM_CL_OPT = ("-vectorize-slp=false",)
+from ..targets import LLVM_CL_OPT, cpu_target_config  # noqa: F401 - every preset's target carries LLVM_CL_OPT
 
 #: A function with export_library's `fcompile` signature: fcompile(output, objects, options=None).
 FCompile = Callable[..., None]
@@ -114,10 +112,8 @@ def _local(num_cores: int | None = None) -> Preset:
     import tvm
 
     n = int(num_cores or os.cpu_count() or 1)
-    config: dict[str, Any] = {"kind": "llvm", "num-cores": n, "cl-opt": list(LLVM_CL_OPT)}
     cpu = _host_cpu()
-    if cpu:
-        config["mcpu"] = cpu
+    config = cpu_target_config(n, mcpu=cpu)
     return Preset("local", tvm.target.Target(config), None, n, "local",
                   label=f"this machine's CPU ({cpu or 'generic'}, {n} cores)", target_config=config)
 
@@ -128,7 +124,7 @@ def _rasp3b() -> Preset:
 
     # The tag alone gives soft-float objects that arm-linux-gnueabihf-g++ refuses to link
     # ("uses VFP register arguments"): Raspberry Pi OS is hard-float.
-    config = {"tag": "arm/rasp3b", "num-cores": 4, "mfloat-abi": "hard", "cl-opt": list(LLVM_CL_OPT)}
+    config = cpu_target_config(4, tag="arm/rasp3b", mfloat_abi="hard")
     return Preset("rasp3b", tvm.target.Target(config), cc.cross_compiler("arm-linux-gnueabihf-g++"), 4, "rasp3b",
                   label="Raspberry Pi 3 Model B, 32-bit OS (BCM2837, Cortex-A53 as armv7l hard-float + NEON)",
                   compiler="arm-linux-gnueabihf-g++", target_config=config)
@@ -138,8 +134,7 @@ def _rasp3b_aarch64() -> Preset:
     import tvm
     from tvm.support import cc
 
-    config = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53", "mattr": ["+neon"],
-              "num-cores": 4, "cl-opt": list(LLVM_CL_OPT)}
+    config = cpu_target_config(4, mtriple="aarch64-linux-gnu", mcpu="cortex-a53", mattr=["+neon"])
     return Preset("rasp3b-aarch64", tvm.target.Target(config), cc.cross_compiler("aarch64-linux-gnu-g++"), 4,
                   "rasp3b-aarch64", label="Raspberry Pi 3 Model B, 64-bit OS (BCM2837, Cortex-A53, aarch64)",
                   compiler="aarch64-linux-gnu-g++", target_config=config)
@@ -150,8 +145,7 @@ def _redmi_note_7s() -> Preset:
     from tvm.support import ndk
 
     # Snapdragon 660: 4x Kryo 260 Gold (Cortex-A73 derived) + 4x Kryo 260 Silver (Cortex-A53 derived).
-    config = {"kind": "llvm", "mtriple": "aarch64-linux-android", "mcpu": "cortex-a73", "mattr": ["+neon"],
-              "num-cores": 8, "cl-opt": list(LLVM_CL_OPT)}
+    config = cpu_target_config(8, mtriple="aarch64-linux-android", mcpu="cortex-a73", mattr=["+neon"])
     return Preset("redmi-note-7s", tvm.target.Target(config), ndk.create_shared, 8, "redmi-note-7s",
                   label="Xiaomi Redmi Note 7S (Snapdragon 660, 4x A73 + 4x A53, Android, aarch64)",
                   compiler=None, target_config=config)

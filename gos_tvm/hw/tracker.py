@@ -297,7 +297,9 @@ class ManagedProcess:
             pass
 
 
-def _spawn(name: str, cmd: list[str], log_dir: Path) -> ManagedProcess:
+def spawn(name: str, cmd: list[str], log_dir: Path) -> ManagedProcess:
+    """Start `cmd` as a managed child process (tracker, server, emulated server) logging to
+    `log_dir/<name>.log`; it exits with this process (GOS_TVM_EXIT_WITH_PARENT)."""
     log_path = log_dir / f"{name}.log"
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
     env = dict(os.environ)
@@ -312,7 +314,7 @@ def _spawn(name: str, cmd: list[str], log_dir: Path) -> ManagedProcess:
 
 
 def _spawn_tracker(host: str, port: int, log_dir: Path) -> ManagedProcess:
-    mp = _spawn(f"tracker-{port}", _cli_command("tracker", "--host", host, "--port", str(port),
+    mp = spawn(f"tracker-{port}", _cli_command("tracker", "--host", host, "--port", str(port),
                                                  "--port-end", str(port + 1), "--silent"), log_dir)
     mp.port = port
     return mp
@@ -359,7 +361,7 @@ def start_server(tracker: tuple[str, int], key: str, *, host: str = "127.0.0.1",
     Does not wait for the registration (see `require_servers`)."""
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="gos_tvm_rpc_"))
     p = free_port(host, span=16)
-    mp = _spawn(name or f"server-{key}-{p}",
+    mp = spawn(name or f"server-{key}-{p}",
                 _cli_command("server", "--tracker", f"{tracker[0]}:{tracker[1]}", "--key", key, "--host", host,
                              "--port", str(p), "--port-end", str(p + 16), "--silent", "--tracker-timeout", "30"),
                 log_dir)

@@ -16,6 +16,7 @@ import numpy as np
 import tvm
 from tvm import te, tirx
 
+from ..targets import LLVM_CL_OPT, cpu_target  # noqa: F401 - LLVM_CL_OPT re-exported
 from .program import Node, OpProgram, parse_einsum
 
 
@@ -314,18 +315,9 @@ def to_te(program: OpProgram) -> tirx.PrimFunc:
     return te.create_prim_func(args + [out]).with_attr("global_symbol", "main")
 
 
-#: LLVM flags for every CPU target we build: TVM's bundled LLVM miscompiles some small
-#: loop nests in its SLP vectorizer ("Instruction does not dominate all uses", e.g. a 1x1
-#: conv with bias on a 2x5 image).  TVM vectorises explicitly through the schedule, so
-#: LLVM's own straight-line vectorizer is not what makes tuned code fast.
-LLVM_CL_OPT = ("-vectorize-slp=false",)
-
-
 def default_target() -> tvm.target.Target:
-    """The host CPU, as MetaSchedule wants it (an llvm target with num-cores)."""
-    import os
-
-    return tvm.target.Target({"kind": "llvm", "num-cores": os.cpu_count() or 1, "cl-opt": list(LLVM_CL_OPT)})
+    """The host CPU, as MetaSchedule wants it (an llvm target with num-cores; `gos_tvm.targets`)."""
+    return cpu_target()
 
 
 class CompiledProgram:

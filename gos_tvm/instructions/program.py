@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+
 Shape = tuple[int, ...]
 
 #: Point-wise binary instructions (numpy broadcasting) and unary instructions.
@@ -357,7 +359,7 @@ class OpProgram:
         return {
             "inputs": [list(s) for s in self.inputs.values()],
             "weights": [list(s) for s in self.weights.values()],
-            "nodes": [[n.op, [canon[i] for i in n.inputs], _jsonable(n.attr)] for n in self.nodes],
+            "nodes": [[n.op, [canon[i] for i in n.inputs], jsonable(n.attr)] for n in self.nodes],
             "output": canon[self.output],
         }
 
@@ -374,7 +376,7 @@ class OpProgram:
             "name": self.name,
             "inputs": {k: list(v) for k, v in self.inputs.items()},
             "weights": {k: list(v) for k, v in self.weights.items()},
-            "nodes": [{"name": n.name, "op": n.op, "inputs": list(n.inputs), "attrs": _jsonable(n.attr)}
+            "nodes": [{"name": n.name, "op": n.op, "inputs": list(n.inputs), "attrs": jsonable(n.attr)}
                       for n in self.nodes],
             "output": self.output,
         }, indent=1)
@@ -397,11 +399,14 @@ class OpProgram:
         return "\n".join(lines)
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
+    """`v` with tuples as lists, numpy scalars as Python numbers and dict keys as strings (for JSON)."""
     if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
     return v
 
 

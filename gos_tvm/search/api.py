@@ -9,9 +9,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..report import plot_pareto, write_report
-from .gos import Decision, EvalFn, GOSearch, Predict, SearchOptions
+from .adapt import build_adapted
+from .cost_model import ProgramLatencyModel
+from .gos import GOSearch
+from .measurer import Measurer, TuningParts
 from .pareto import Configuration
+from .report import plot_pareto, write_report
+from .results import Candidate, Decision, EvalFn, Predict, SearchOptions, SearchOutcome
+from .strategies import SearchStrategy
 
 
 @dataclass
@@ -27,8 +32,13 @@ class TuneResult:
             spread in seconds, `kernel_sum_s`: what the tuning database's best records add up to).
         original_score, adapted_score: accuracy (or the user's score) of both.
         pareto: the Pareto front of (latency, score) configurations; `chosen` is one of them.
-        database: the MetaSchedule database the adapted model was tuned into.
+        configurations: every configuration evaluated (scored, all kernels measured).
+        candidates: every replacement some configuration uses, by key (program, fitted weights).
+        database: the MetaSchedule database the chosen configuration was tuned into;
+            `database_dirs`: where the 'original' and 'adapted' databases are (`tuning_database`).
         work_dir, report_path, plot_path: where everything is.
+        seconds, device_measurements: the search's wall time; measurements in the work directory.
+        new_measurements: the measurement keys this call measured (none twice across resumes).
     """
 
     mod: Any
@@ -50,15 +60,29 @@ class TuneResult:
     plot_path: Path
     seconds: float
     device_measurements: int
-    _search: GOSearch = field(repr=False, default=None)
+    candidates: dict[str, Candidate] = field(default_factory=dict, repr=False)
+    database_dirs: dict[str, Path] = field(default_factory=dict, repr=False)
+    new_measurements: list[str] = field(default_factory=list, repr=False)
 
     @property
     def speedup(self) -> float:
         return self.original_latency["median_s"] / self.adapted_latency["median_s"]
 
+    def program(self, candidate: str):
+        """The replacement `OpProgram` of a candidate key (a `Decision.choice`, a configuration's choice)."""
+        return self.candidates[candidate].program
+
+    def tuning_database(self, name: str):
+        """The MetaSchedule database 'original' or 'adapted' (opened from `database_dirs`)."""
+        from ..hw import open_database
+
+        return open_database(str(self.database_dirs[name]))
+
     def build(self, config: Configuration | None = None):
         """(mod, params) of `config` (default: the chosen one), e.g. any point of `pareto`."""
-        return self._search.adapted((config or self.chosen).choices)
+        config = config or self.chosen
+        return build_adapted(self.original_mod, self.original_params,
+                             [self.candidates[c] for c in config.choices.values() if c is not None])
 
     def compile(self, config: Configuration | None = None):
         """The device executable of `config`, with the tuned schedules applied."""
@@ -68,13 +92,11 @@ class TuneResult:
         mod, params = self.build(config)
         # Replaced kernels were tuned into the adapted model's database; an all-original
         # configuration is the original model, tuned into its own.
-        db = self._search.database("adapted" if any(config.choices.values()) else "original")
+        db = self.tuning_database("adapted" if any(config.choices.values()) else "original")
         return compile_tuned(mod, params, self.device, db)
 
     def export_library(self, path: str | os.PathLike, config: Configuration | None = None) -> Path:
         """Write the device's shared library (cross-compiled for board presets)."""
-        from ..hw import export_module  # noqa: F401 - export goes through the preset's compiler
-
         executable = self.compile(config)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +164,9 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
          eval_fn: EvalFn | None = None, accuracy_budget: float = 0.01,
          tracker: tuple[str, int] | str | None = None, key: str | None = None,
          trials: int = 64, kernel_trials: int = 16, work_dir: str | os.PathLike = "gos_work", seed: int = 0,
-         example_inputs: Any = None, warm_start: str | os.PathLike | None = None, **options: Any) -> TuneResult:
+         example_inputs: Any = None, warm_start: str | os.PathLike | None = None,
+         strategies: Sequence[SearchStrategy] | None = None, latency_model: ProgramLatencyModel | None = None,
+         parts: TuningParts | None = None, measurer: Measurer | None = None, **options: Any) -> TuneResult:
     """Adapt a model to a device by Grassroots Operator Search.
 
     Args:
@@ -158,6 +182,14 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
         trials: MetaSchedule trials for each whole model (the original and the adapted, same budget).
         kernel_trials: trials for each site's and each candidate's kernel.
         work_dir: where everything is kept; rerunning with the same arguments resumes.
+        strategies: the search strategies, run in order (default: greedy least-efficient-first, then
+            evolution; `gos_tvm.search.strategies`).
+        latency_model: the program-level latency model that ranks candidates (default: the
+            XGBoost `LatencyModel`, kept in the work directory).
+        parts: the MetaSchedule builder / runner / database / cost model to tune with
+            (`gos_tvm.search.measurer.TuningParts`; default: gos_tvm's own).
+        measurer: where latencies come from instead of the device (e.g. the fake device
+            `gos_tvm.search.FakeMeasurer`); then no tracker or server is used.
         options: further `SearchOptions` (max_sites, tries_per_site, measure_per_site,
             max_flops_ratio, depth, fit_steps, calib_samples, generations, population, repeat).
     """
@@ -188,44 +220,57 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
 
     # The work directory is checked (a different model or device is refused) before any device starts.
     search = GOSearch(mod, params, device, calib_data=calib, evaluate=eval_fn, accuracy_budget=accuracy_budget,
-                      work_dir=work_dir, options=opts, warm_start=warm_start)
-    with _device_pool(tracker, key, device) as (trk, k):
+                      work_dir=work_dir, options=opts, warm_start=warm_start, strategies=strategies,
+                      latency_model=latency_model, parts=parts, measurer=measurer)
+    pool = _device_pool(tracker, key, device) if measurer is None else contextlib.nullcontext((None, None))
+    with pool as (trk, k):
         search.tracker, search.key = trk, k
         try:
             out = search.run()
         finally:
             search.close()
-    chosen: Configuration = out["chosen"]
-    adapted_mod, adapted_params = search.adapted(chosen.choices)
-    decisions = [Decision(**{k: v for k, v in d.items() if k in Decision.__dataclass_fields__})
-                 for d in search.state["decisions"].values()]
-    floor = out["original_score"] - accuracy_budget
+    return _result(search, out, accuracy_budget, opts)
+
+
+def _result(search: GOSearch, out: SearchOutcome, accuracy_budget: float, opts: SearchOptions) -> TuneResult:
+    """The report, the plot and the `TuneResult` of a finished search."""
+    device, chosen = search.device, out.chosen
     report = {
         "device": {**device_info(device)},
-        "original": {"latency": out["baseline"], "score": out["original_score"]},
-        "adapted": {"latency": out["adapted"], "score": out["adapted_score"]},
-        "speedup": out["baseline"]["median_s"] / out["adapted"]["median_s"],
+        "original": {"latency": out.baseline, "score": out.original_score},
+        "adapted": {"latency": out.adapted, "score": out.adapted_score},
+        "speedup": out.baseline["median_s"] / out.adapted["median_s"],
         "accuracy_budget": accuracy_budget,
-        "decisions": [vars(d) for d in decisions],
+        "decisions": [vars(d) for d in out.decisions],
         "skipped_sites": [vars(s) for s in search.analysis.skipped],
-        "pareto": [vars(c) for c in out["front"]],
+        "pareto": [vars(c) for c in out.front],
         "chosen": vars(chosen),
         # set when the chosen configuration measured slower end to end and the original was returned
-        "fallback": search.state.get("fallback"),
-        "configurations": len(out["configs"]),
-        "device_measurements": len(search.store.measurements),
-        "search_seconds": out["seconds"],
+        "fallback": out.fallback,
+        "configurations": len(out.configurations),
+        "device_measurements": out.device_measurements,
+        "search_seconds": out.seconds,
         "options": vars(opts),
+        "measured_by": type(search.measurer).__name__,  # TunedMeasurer: the device; FakeMeasurer: a formula
     }
-    report_path = write_report(search.store.path / "report.json", report)
-    plot_path = plot_pareto(search.store.path / "pareto.png", out["configs"], out["front"], chosen, floor,
+    work_dir = search.store.path
+    report_path = write_report(work_dir / "report.json", report)
+    plot_path = plot_pareto(work_dir / "pareto.png", out.configurations, out.front, chosen,
+                            out.original_score - accuracy_budget,
                             title=f"GOS on {device.name}" + (" (emulated)" if device.emulated else ""))
-    return TuneResult(adapted_mod, dict(adapted_params), search.mod, search.params, device, decisions,
-                      out["baseline"], out["adapted"], out["original_score"], out["adapted_score"], out["front"],
-                      chosen, out["configs"], search.database("adapted" if any(chosen.choices.values())
-                                                              else "original"),
-                      search.store.path, report_path, plot_path, out["seconds"], len(search.store.measurements),
-                      search)
+    database_dirs = {name: search.store.database_dir / name for name in ("original", "adapted")}
+    candidates = out.candidates
+    adapted_mod, adapted_params = build_adapted(search.mod, search.params,
+                                                [candidates[c] for c in chosen.choices.values() if c is not None])
+    result = TuneResult(
+        mod=adapted_mod, params=dict(adapted_params), original_mod=search.mod, original_params=search.params,
+        device=device, decisions=out.decisions, original_latency=out.baseline, adapted_latency=out.adapted,
+        original_score=out.original_score, adapted_score=out.adapted_score, pareto=out.front, chosen=chosen,
+        configurations=out.configurations, database=None, work_dir=work_dir, report_path=report_path,
+        plot_path=plot_path, seconds=out.seconds, device_measurements=out.device_measurements,
+        candidates=candidates, database_dirs=database_dirs, new_measurements=out.new_measurements)
+    result.database = result.tuning_database("adapted" if any(chosen.choices.values()) else "original")
+    return result
 
 
 def device_info(device) -> dict:

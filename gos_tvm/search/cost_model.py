@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,7 +32,34 @@ class Sample:
     latency_s: float
 
 
-class LatencyModel:
+class ProgramLatencyModel(ABC):
+    """What the search needs from a program-level latency model, after MetaSchedule's `CostModel`
+    (load / save / update / predict): it ranks a site's candidate programs before any is tuned,
+    and learns from each tuned kernel's measured latency.  `LatencyModel` is the default."""
+
+    @abstractmethod
+    def load(self, path: str | os.PathLike) -> int:
+        """Add samples saved earlier (a warm start); returns how many were added."""
+
+    @abstractmethod
+    def save(self) -> None:
+        """Persist the samples (where the model was told to keep them)."""
+
+    @abstractmethod
+    def update(self, programs: Sequence[OpProgram], latencies_s: Sequence[float]) -> None:
+        """Learn from measured (program, tuned kernel latency in seconds) pairs."""
+
+    @abstractmethod
+    def predict(self, programs: Sequence[OpProgram]) -> np.ndarray:
+        """Predicted tuned latency of each program, in seconds."""
+
+    def rank(self, programs: Sequence[OpProgram]) -> tuple[list[int], str]:
+        """Indices of `programs`, most promising (fastest predicted) first, and how they were ranked."""
+        order = np.argsort(self.predict(programs), kind="stable")
+        return [int(i) for i in order], type(self).__name__
+
+
+class LatencyModel(ProgramLatencyModel):
     """Online XGBoost regressor of tuned kernel latency on one device."""
 
     def __init__(self, target: str, path: str | os.PathLike | None = None, seed: int = 0):
@@ -77,6 +105,10 @@ class LatencyModel:
         self._booster = None
         self.save()
 
+    def update(self, programs: Sequence[OpProgram], latencies_s: Sequence[float]) -> None:
+        for program, latency in zip(programs, latencies_s):
+            self.add(program, latency)
+
     # --- model ----------------------------------------------------------------------
 
     @property
@@ -93,14 +125,18 @@ class LatencyModel:
         self._booster.fit(x, y)
         return self._booster
 
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        """Predicted latency in seconds of programs given by their feature rows (`program_features`)."""
+        if not self.trained:
+            raise RuntimeError(f"the latency model has {len(self.samples)} measurements, needs {MIN_SAMPLES}")
+        booster = self._booster or self._fit()
+        return np.exp(booster.predict(np.asarray(features, dtype=float)))
+
     def predict(self, programs: Sequence[OpProgram]) -> np.ndarray:
         """Predicted latency in seconds; measured programs return their measurement."""
         if not programs:
             return np.zeros(0)
-        if not self.trained:
-            raise RuntimeError(f"the latency model has {len(self.samples)} measurements, needs {MIN_SAMPLES}")
-        booster = self._booster or self._fit()
-        pred = np.exp(booster.predict(np.array([program_features(p) for p in programs])))
+        pred = self.predict_features(np.array([program_features(p) for p in programs]))
         for i, p in enumerate(programs):
             if p.structural_hash in self.samples:
                 pred[i] = self.samples[p.structural_hash].latency_s

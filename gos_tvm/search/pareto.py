@@ -31,3 +31,9 @@ def pareto_front(configs: Iterable[Configuration]) -> list[Configuration]:
     unique = {c.key: c for c in configs}.values()
     front = [c for c in unique if not any(dominates(o, c) for o in unique)]
     return sorted(front, key=lambda c: c.latency_s)
+
+
+def choose(front: Iterable[Configuration], floor: float) -> Configuration:
+    """The fastest configuration of the Pareto front whose score is within the budget (>= `floor`).
+    The original configuration always is, so there is one."""
+    return min((c for c in front if c.accuracy >= floor - 1e-12), key=lambda c: c.latency_s)

@@ -5,8 +5,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .search.pareto import Configuration
-from .search.store import write_json_atomic
+from .pareto import Configuration
+from .store import write_json_atomic
 
 
 def write_report(path: str | os.PathLike, report: Mapping[str, Any]) -> Path:

@@ -16,172 +16,27 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, field
+import contextlib
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Union
 
 import tvm
-import tvm_ffi
 from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 
-from ._fastimport import import_tensor_intrin
-from .ms_logging import metaschedule_logging
-from .presets import Preset, resolve_target
+from ..metaschedule._fastimport import import_tensor_intrin
+from ..metaschedule.ms_logging import metaschedule_logging
+# Database queries and record verification live in their own modules; re-exported here for callers
+# that import them from `gos_tvm.hw.tuning` (the package re-exports this module).
+from .database import (FAILED_RUN_SECS, _workload_mod, best_record, database_records,  # noqa: F401
+                       open_database, record_latency)
+from .verify import best_correct_record, schedule_is_correct, verified_database  # noqa: F401
+from ..presets import Preset, resolve_target
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .builder import WarmBuilder
-
-#: Mean run time at or above which a record is a failure (MetaSchedule stores 1e10 s for a candidate
-#: that failed to build or run).
-FAILED_RUN_SECS = 1e9
-
-
-def open_database(work_dir: str | os.PathLike) -> ms.database.JSONDatabase:
-    """The JSON tuning database in `work_dir` (created if missing; records are appended as measured)."""
-    os.makedirs(work_dir, exist_ok=True)
-    return ms.database.JSONDatabase(path_workload=os.path.join(work_dir, "database_workload.json"),
-                                    path_tuning_record=os.path.join(work_dir, "database_tuning_record.json"),
-                                    module_equality="structural")
-
-
-def record_latency(record: Any) -> float:
-    """Mean measured seconds of a TuningRecord; inf for a failed or unmeasured candidate."""
-    secs = getattr(record, "run_secs", None)
-    if not secs:
-        return math.inf
-    vals = [float(s) for s in secs]
-    mean = sum(vals) / len(vals)
-    return math.inf if mean >= FAILED_RUN_SECS else mean
-
-
-def _workload_mod(func: Union[tirx.PrimFunc, tvm.IRModule]) -> tvm.IRModule:
-    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
-
-    return _normalize_mod(func)
-
-
-def database_records(database: ms.database.Database, func: Union[tirx.PrimFunc, tvm.IRModule, None] = None) -> list:
-    """All tuning records in `database` (of `func`'s workload only, if given), failed ones included."""
-    records = list(database.get_all_tuning_records())
-    if func is None:
-        return records
-    mod = _workload_mod(func)
-    if not database.has_workload(mod):
-        return []
-    wl = database.commit_workload(mod)  # the stored workload (no new entry: it exists)
-    return [r for r in records if r.workload.same_as(wl) or tvm_ffi.structural_equal(r.workload.mod, mod)]
-
-
-def best_record(database: ms.database.Database, func: Union[tirx.PrimFunc, tvm.IRModule]) -> tuple[float, Any]:
-    """(best mean latency in s, its TuningRecord) for `func` in `database`; (inf, None) if nothing ran."""
-    best: tuple[float, Any] = (math.inf, None)
-    for rec in database_records(database, func):
-        lat = record_latency(rec)
-        if lat < best[0]:
-            best = (lat, rec)
-    return best
-
-
-# ---------------------------------------------------------------------------------------------
-# Checking tuned schedules
-# ---------------------------------------------------------------------------------------------
-
-def _random_args(func: tirx.PrimFunc, seed: int) -> list:
-    import numpy as np
-
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-
-    rng = np.random.default_rng(seed)
-    args = []
-    for info in ArgInfo.from_prim_func(func):
-        shape, dtype = [int(d) for d in info.shape], str(info.dtype)
-        if "float" in dtype:
-            args.append(rng.standard_normal(shape).astype(dtype))
-        else:  # indices and masks: zeros are in range for every consumer
-            args.append(np.zeros(shape, dtype))
-    return args
-
-
-def _host_outputs(mod: tvm.IRModule, args: list) -> list:
-    """Every buffer after running `mod` (built for this host) on a copy of `args`."""
-    from ..instructions import default_target
-
-    lib = tvm.compile(mod, target=default_target())
-    tensors = [tvm.runtime.tensor(a.copy()) for a in args]
-    lib["main"](*tensors)
-    return [t.numpy() for t in tensors]
-
-
-def _agrees(mod: tvm.IRModule, trace: Any, args: list, reference: list, rtol: float) -> bool:
-    """Whether `trace` applied to `mod` gives `reference` (every buffer, outputs included, to
-    `rtol` relative to its norm) on `args`."""
-    import numpy as np
-    from tvm.s_tir import Schedule
-
-    sch = Schedule(mod)
-    try:
-        trace.apply_to_schedule(sch, remove_postproc=False)
-        got = _host_outputs(sch.mod, args)
-    except Exception:  # noqa: BLE001 - a trace that does not replay or build is not usable
-        return False
-    for ref, out in zip(reference, got):
-        if not np.isfinite(out).all() and np.isfinite(ref).all():
-            return False
-        if np.linalg.norm((out - ref).ravel()) > rtol * max(float(np.linalg.norm(ref.ravel())), 1e-30):
-            return False
-    return True
-
-
-def schedule_is_correct(workload: Union[tirx.PrimFunc, tvm.IRModule], trace: Any, *, rtol: float = 1e-4,
-                        seed: int = 0) -> bool:
-    """Whether `trace` applied to `workload` computes what the unscheduled workload computes.
-
-    Tuning only times candidates.  With TVM 0.27 a small share of the schedules MetaSchedule
-    samples for kernels with padded intermediates compute wrong values (about 0.7% of the design
-    space of a channel-bottleneck + spatially-separable convolution, at the padded border; see
-    tests/test_tuned_candidates.py), and they can be the fastest.  Both versions are built for
-    this host (a board's trace replays here; one tensorized with a board-only intrinsic would not
-    build and counts as unusable -- gos_tvm's float32 kernels use none) and run on the same random
-    arguments; every buffer, outputs included, must agree to `rtol` (relative to its norm).
-    """
-    mod = _workload_mod(workload)
-    args = _random_args(mod["main"], seed)
-    return _agrees(mod, trace, args, _host_outputs(mod, args), rtol)
-
-
-def best_correct_record(database: ms.database.Database, func: Union[tirx.PrimFunc, tvm.IRModule], *,
-                        max_checks: int = 8, rtol: float = 1e-4) -> tuple[float, Any]:
-    """(latency, record) of the fastest record of `func` whose schedule is correct
-    (`schedule_is_correct`), looking at the `max_checks` fastest; (inf, None) if none is."""
-    records = sorted((r for r in database_records(database, func) if math.isfinite(record_latency(r))),
-                     key=record_latency)[:max_checks]
-    if not records:
-        return math.inf, None
-    mod = _workload_mod(records[0].workload.mod)
-    args = _random_args(mod["main"], 0)
-    reference = _host_outputs(mod, args)  # the unscheduled kernel, once for all its records
-    for rec in records:
-        if _agrees(mod, rec.trace, args, reference, rtol):
-            return record_latency(rec), rec
-    return math.inf, None
-
-
-def verified_database(database: ms.database.Database, workloads: Sequence[Union[tirx.PrimFunc, tvm.IRModule]],
-                      *, max_checks: int = 8) -> ms.database.Database:
-    """An in-memory database with, for each workload, its fastest correct record in `database`
-    (`best_correct_record`); a workload without one is left out and keeps its default schedule."""
-    from tvm.s_tir.meta_schedule.database import TuningRecord
-
-    out = ms.database.MemoryDatabase()
-    for func in workloads:
-        _, rec = best_correct_record(database, func, max_checks=max_checks)
-        if rec is not None:
-            wl = out.commit_workload(rec.workload.mod)
-            out.commit_tuning_record(TuningRecord(rec.trace, wl, rec.run_secs, rec.target, rec.args_info))
-    return out
-
+    from ..metaschedule.builder import WarmBuilder
 
 @dataclass
 class KernelTuneResult:
@@ -325,7 +180,7 @@ def _make_runner(tracker, key, runner):
     if tracker is None or key is None:
         raise ValueError("give tracker=(host, port) and key=... (or runner=...); to use this machine as the "
                          "device, start a gos_tvm.hw.LocalDevicePool or `gos-tvm rpc tracker` + `gos-tvm rpc server`")
-    from .runner import TrackerRunner
+    from ..metaschedule.runner import TrackerRunner
 
     return TrackerRunner(tuple(tracker), key)
 
@@ -333,9 +188,29 @@ def _make_runner(tracker, key, runner):
 def _make_builder(builder, device):
     if builder is not None:
         return builder
-    from .builder import WarmBuilder
+    from ..metaschedule.builder import WarmBuilder
 
     return WarmBuilder(device if isinstance(device, (Preset, str)) else None)
+
+
+@contextlib.contextmanager
+def builder_and_runner(device: Any = None, tracker: Optional[tuple[str, int]] = None, key: Optional[str] = None, *,
+                       builder: Any = None, runner: Any = None) -> Iterator[tuple[Any, Any]]:
+    """The (builder, runner) of a tuning session: the given ones, or a new `WarmBuilder` for
+    `device` and a `TrackerRunner(tracker, key)` (`runner="local"`: MetaSchedule's LocalRunner).
+    What this creates it also closes on exit (their worker processes); what it was given stays
+    open for the caller's next session."""
+    made_runner = runner is None or isinstance(runner, str)
+    runner = _make_runner(tracker, key, runner)
+    made_builder = builder is None
+    builder = _make_builder(builder, _device_of(device))
+    try:
+        yield builder, runner
+    finally:
+        if made_builder:
+            builder.close()
+        if made_runner and hasattr(runner, "close"):
+            runner.close()
 
 
 def _device_of(target) -> Optional[Union[Preset, str]]:
@@ -399,27 +274,19 @@ def tune_primfuncs(funcs: Union[Mapping[str, tirx.PrimFunc], Sequence[tirx.PrimF
         raise ValueError("no PrimFunc to tune")
     tgt = resolve_target(target)
     work_dir, database = _prepare(work_dir, database)
-    own_builder, own_runner = builder is None, runner is None
-    runner = _make_runner(tracker, key, runner)
-    builder = _make_builder(builder, _device_of(target))
     cores = int(num_tuning_cores or os.cpu_count() or 1)
     cost_model = cost_model if cost_model is not None else default_cost_model(cores)
     mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
-    try:
-        with metaschedule_logging():
-            ms.tir_integration.tune_tir(
-                mod, tgt, work_dir, max_trials_global=trials_per_task * len(funcs),
-                max_trials_per_task=trials_per_task, num_trials_per_iter=min(trials_per_iter, trials_per_task),
-                builder=builder, runner=runner, database=database, cost_model=cost_model,
-                task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
-                strategy=_strategy_for(strategy, cost_model, trials_per_task * len(funcs),
-                                       min(trials_per_iter, trials_per_task)),
-                num_tuning_cores=cores, seed=seed)
-    finally:
-        if own_builder:
-            builder.close()
-        if own_runner and hasattr(runner, "close"):
-            runner.close()
+    with builder_and_runner(target, tracker, key, builder=builder, runner=runner) as (builder, runner), \
+            metaschedule_logging():
+        ms.tir_integration.tune_tir(
+            mod, tgt, work_dir, max_trials_global=trials_per_task * len(funcs),
+            max_trials_per_task=trials_per_task, num_trials_per_iter=min(trials_per_iter, trials_per_task),
+            builder=builder, runner=runner, database=database, cost_model=cost_model,
+            task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
+            strategy=_strategy_for(strategy, cost_model, trials_per_task * len(funcs),
+                                   min(trials_per_iter, trials_per_task)),
+            num_tuning_cores=cores, seed=seed)
     results = {}
     for name, f in funcs.items():
         f = f.with_attr("global_symbol", name)
@@ -458,7 +325,7 @@ def prepare_relax(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
                   target: Union[str, dict, Preset, tvm.target.Target]) -> tvm.IRModule:
     """Bind `params`, then legalize and fuse under `target` (`gos_tvm.graph.legalize`): the module
     that MetaSchedule extracts tasks from and that the tuned database is applied to."""
-    from ..graph import legalize
+    from ...graph import legalize
 
     return legalize(mod, params, resolve_target(target))
 
@@ -481,24 +348,16 @@ def tune_module(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
     """
     tgt = resolve_target(target)
     work_dir, database = _prepare(work_dir, database)
-    own_builder, own_runner = builder is None, runner is None
-    runner = _make_runner(tracker, key, runner)
-    builder = _make_builder(builder, _device_of(target))
     prepared = prepare_relax(mod, params, tgt)
     cost_model = cost_model if cost_model is not None else default_cost_model()
-    try:
-        with metaschedule_logging():
-            ms.relax_integration.tune_relax(
-                prepared, params={}, target=tgt, work_dir=work_dir, max_trials_global=trials,
-                max_trials_per_task=max_trials_per_task, num_trials_per_iter=trials_per_iter, op_names=op_names,
-                builder=builder, runner=runner, database=database, cost_model=cost_model,
-                task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
-                strategy=_strategy_for(strategy, cost_model, trials, trials_per_iter), seed=seed)
-    finally:
-        if own_builder:
-            builder.close()
-        if own_runner and hasattr(runner, "close"):
-            runner.close()
+    with builder_and_runner(target, tracker, key, builder=builder, runner=runner) as (builder, runner), \
+            metaschedule_logging():
+        ms.relax_integration.tune_relax(
+            prepared, params={}, target=tgt, work_dir=work_dir, max_trials_global=trials,
+            max_trials_per_task=max_trials_per_task, num_trials_per_iter=trials_per_iter, op_names=op_names,
+            builder=builder, runner=runner, database=database, cost_model=cost_model,
+            task_scheduler=task_scheduler if task_scheduler is not None else GuardedRoundRobin(max_seconds=max_seconds),
+            strategy=_strategy_for(strategy, cost_model, trials, trials_per_iter), seed=seed)
     return database
 
 
@@ -513,7 +372,7 @@ def compile_tuned(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
     `MetaScheduleApplyDatabase` on the legalized and fused module) rather than through
     `compile_relax`, which was seen to drop the tuned schedules.
     """
-    from ..graph import compile_lowered
+    from ...graph import compile_lowered
 
     tgt = resolve_target(target)
     lowered = prepare_relax(mod, params, tgt)
@@ -525,6 +384,6 @@ def compile_tuned(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
     return compile_lowered(lowered, tgt, database)
 
 
-__all__ = ["GuardedRoundRobin", "default_strategy", "default_cost_model", "KernelTuneResult", "tune_primfunc", "tune_primfuncs", "tune_module", "compile_tuned", "prepare_relax",
+__all__ = ["builder_and_runner", "GuardedRoundRobin", "default_strategy", "default_cost_model", "KernelTuneResult", "tune_primfunc", "tune_primfuncs", "tune_module", "compile_tuned", "prepare_relax",
            "open_database", "best_record", "record_latency", "database_records", "FAILED_RUN_SECS",
            "schedule_is_correct", "best_correct_record", "verified_database"]

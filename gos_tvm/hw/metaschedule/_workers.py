@@ -1,7 +1,7 @@
 """Functions that run inside the builder's and runner's worker processes.
 
 Kept in a module of their own, importing TVM lazily, so that cloudpickle sends them to the
-workers by reference (`gos_tvm.hw._workers.build_one`) and a worker imports nothing it does not use.
+workers by reference (`gos_tvm.hw.metaschedule._workers.build_one`) and a worker imports nothing it does not use.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def _fcompile(export: Optional[str], fmt: str):
         return tar.tar
     if export is None:
         return None  # the host's default C++ compiler
-    from .presets import preset
+    from ..presets import preset
 
     return preset(export).export
 
@@ -145,7 +145,7 @@ def measure_batch(tracker: tuple[str, int], key: str, kernels: Sequence[tuple[st
 
     from tvm.s_tir.meta_schedule.runner.config import EvaluatorConfig
 
-    from .tracker import DeviceUnavailableError, request_session, server_registered
+    from ..tracker import DeviceUnavailableError, request_session, server_registered
 
     config = EvaluatorConfig(*evaluator)
     results: list[Optional[tuple[bool, Any]]] = [None] * len(kernels)

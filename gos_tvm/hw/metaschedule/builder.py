@@ -29,7 +29,7 @@ from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuild
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
 from . import _workers
-from .presets import Preset
+from ..presets import Preset
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class WarmBuilder(PyBuilder):
         if name == "local":
             name = None
         if name is not None:
-            from .presets import preset
+            from ..presets import preset
 
             preset(name).check_export()  # a missing cross-compiler is an error now, not in every build
         self.export = name

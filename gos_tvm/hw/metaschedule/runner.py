@@ -30,7 +30,7 @@ from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner, PyRunnerFu
 from tvm.support.popen_pool import PopenPoolExecutor
 
 from . import _workers
-from .tracker import require_servers
+from ..tracker import require_servers
 
 
 @derived_object

@@ -1,0 +1,128 @@
+"""Queries on a MetaSchedule tuning database: the records of a workload, the best one, re-timing
+the best, and what the best records of a module's tasks add up to."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence, Union
+
+import tvm
+import tvm_ffi
+from tvm import tirx
+from tvm.s_tir import meta_schedule as ms
+
+#: Mean run time at or above which a record is a failure (MetaSchedule stores 1e10 s for a candidate
+#: that failed to build or run).
+FAILED_RUN_SECS = 1e9
+
+
+def open_database(work_dir: str | os.PathLike) -> ms.database.JSONDatabase:
+    """The JSON tuning database in `work_dir` (created if missing; records are appended as measured)."""
+    os.makedirs(work_dir, exist_ok=True)
+    return ms.database.JSONDatabase(path_workload=os.path.join(work_dir, "database_workload.json"),
+                                    path_tuning_record=os.path.join(work_dir, "database_tuning_record.json"),
+                                    module_equality="structural")
+
+
+def record_latency(record: Any) -> float:
+    """Mean measured seconds of a TuningRecord; inf for a failed or unmeasured candidate."""
+    secs = getattr(record, "run_secs", None)
+    if not secs:
+        return math.inf
+    vals = [float(s) for s in secs]
+    mean = sum(vals) / len(vals)
+    return math.inf if mean >= FAILED_RUN_SECS else mean
+
+
+def _workload_mod(func: Union[tirx.PrimFunc, tvm.IRModule]) -> tvm.IRModule:
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+
+    return _normalize_mod(func)
+
+
+def database_records(database: ms.database.Database, func: Union[tirx.PrimFunc, tvm.IRModule, None] = None) -> list:
+    """All tuning records in `database` (of `func`'s workload only, if given), failed ones included."""
+    records = list(database.get_all_tuning_records())
+    if func is None:
+        return records
+    mod = _workload_mod(func)
+    if not database.has_workload(mod):
+        return []
+    wl = database.commit_workload(mod)  # the stored workload (no new entry: it exists)
+    return [r for r in records if r.workload.same_as(wl) or tvm_ffi.structural_equal(r.workload.mod, mod)]
+
+
+def best_record(database: ms.database.Database, func: Union[tirx.PrimFunc, tvm.IRModule]) -> tuple[float, Any]:
+    """(best mean latency in s, its TuningRecord) for `func` in `database`; (inf, None) if nothing ran."""
+    best: tuple[float, Any] = (math.inf, None)
+    for rec in database_records(database, func):
+        lat = record_latency(rec)
+        if lat < best[0]:
+            best = (lat, rec)
+    return best
+
+def kernel_workload(func: Union[tirx.PrimFunc, tvm.IRModule], symbol: str = "main") -> tvm.IRModule:
+    """The workload module MetaSchedule stores for a kernel tuned under the name `symbol`
+    (`tune_primfuncs` names each kernel by its task name)."""
+    if isinstance(func, tvm.IRModule):
+        return func
+    return _workload_mod(func.with_attr("global_symbol", symbol))
+
+
+def remeasure_best(database: ms.database.Database, workloads: Sequence, target: Any, builder: Any,
+                   runner: Any) -> int:
+    """Measure each workload's best schedule again, in one batch, and commit the result as a
+    new record.  Returns how many were re-measured.
+
+    Why: on a device that is also the tuning host (this machine as `local`), candidates are
+    timed while MetaSchedule's search and builders run beside them; the records came out
+    2-3x slower than the same kernels timed alone.  Re-timing the winners once tuning is
+    over gives records that agree with the end-to-end measurement.
+    """
+    from tvm.s_tir import Schedule
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    best = []
+    for mod in workloads:
+        mod = kernel_workload(mod)
+        if not database.has_workload(mod):
+            continue
+        top = database.get_top_k(database.commit_workload(mod), 1)
+        if top:
+            best.append(top[0])
+    if not best:
+        return 0
+    mods = []
+    for rec in best:
+        sch = Schedule(rec.workload.mod)
+        rec.trace.apply_to_schedule(sch, remove_postproc=False)
+        mods.append(sch.mod)
+    built = builder.build([BuilderInput(m, target) for m in mods])
+    todo = [(rec, b) for rec, b in zip(best, built) if b.error_msg is None]
+    futures = runner.run([RunnerInput(b.artifact_path, "cpu", list(rec.args_info)) for rec, b in todo])
+    count = 0
+    for (rec, _), fut in zip(todo, futures):
+        res = fut.result()
+        if res.error_msg is None and res.run_secs:
+            database.commit_tuning_record(TuningRecord(rec.trace, rec.workload, [float(x) for x in res.run_secs],
+                                                       rec.target, list(rec.args_info)))
+            count += 1
+    return count
+
+
+def database_kernel_sum(prepared: tvm.IRModule, target: Any, database: ms.database.Database) -> float | None:
+    """What the database's best records add up to for one run of the module: sum over its tuning
+    tasks of (best measured latency x times the task runs); None if a task has no record."""
+    total = 0.0
+    for task in ms.relax_integration.extract_tasks(prepared, target):
+        lat, _ = best_record(database, task.dispatched[0])
+        if not math.isfinite(lat):
+            return None  # a kernel without a record: no database estimate for the module (JSON has no NaN)
+        total += task.weight * lat
+    return total
+
+
+__all__ = ["FAILED_RUN_SECS", "open_database", "record_latency", "database_records", "best_record",
+           "kernel_workload", "remeasure_best", "database_kernel_sum"]

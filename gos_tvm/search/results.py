@@ -1,0 +1,99 @@
+"""What a search is given (`SearchOptions`) and what it hands back (`Decision`, `Candidate`,
+`SearchOutcome`): plain dataclasses, so the layers above (`tune`, `TuneResult`, the report) never
+reach into the search object."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ..instructions import OpProgram
+from .pareto import Configuration
+
+Predict = Callable[[np.ndarray], np.ndarray]
+EvalFn = Callable[[Predict], float]
+
+
+@dataclass
+class SearchOptions:
+    """Budgets of one search (see `gos_tvm.tune`)."""
+
+    trials: int = 64                 # MetaSchedule trials for each whole model (original and adapted)
+    kernel_trials: int = 16          # MetaSchedule trials for each site / candidate kernel
+    max_sites: int | None = None     # replace at most this many sites (None: all)
+    tries_per_site: int = 6          # candidates fitted and accuracy-checked per site (bisection steps)
+    measure_per_site: int = 2        # accurate candidates tuned and measured per site
+    max_flops_ratio: float = 0.6     # candidates keep at most this share of the site's FLOPs
+    depth: int = 2                   # rewrite chains up to this length (2: compositions)
+    fit_steps: int = 150
+    calib_samples: int = 256
+    generations: int = 2
+    population: int = 4
+    repeat: int = 10                 # end-to-end timings
+    seed: int = 0
+
+
+@dataclass
+class Decision:
+    """What the search did at one site."""
+
+    site: str
+    kind: str
+    flops: int
+    latency_s: float | None          # the original operator's tuned kernel latency on the device
+    share: float | None              # its share of the original model's measured latency
+    choice: str | None = None        # candidate key, or None: kept
+    rule: str = "original"
+    reason: str = ""
+    tried: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def from_state(cls, row: Mapping[str, Any]) -> "Decision":
+        """A decision from its row in the search state (which may carry extra keys, e.g. 'ranking')."""
+        return cls(**{k: v for k, v in row.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Candidate:
+    """A replacement program fitted for one site: what building a configuration that uses it needs."""
+
+    key: str                         # "<site>:<structural hash>", the key in `Configuration.choices`
+    site: str
+    rule: str
+    program: OpProgram
+    weights_path: Path               # the fitted weights (.npz in the work directory)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        with np.load(self.weights_path) as data:
+            return {k: data[k] for k in data.files}
+
+
+@dataclass
+class SearchOutcome:
+    """What `GOSearch.run` returns.
+
+    `baseline` / `adapted` are the measurement-log rows of the two end-to-end measurements
+    (`median_s`, `mean_s`, `std_s`, `min_s`, `max_s`, `raw_s`, `kernel_sum_s`, `tasks`, ...: the
+    JSON of `gos_tvm.hw.LatencyStats` plus what the search adds), as written to the work
+    directory's measurement log; `adapted` is `baseline` when the original is returned.
+    """
+
+    baseline: dict
+    adapted: dict
+    original_score: float
+    adapted_score: float
+    configurations: list[Configuration]
+    front: list[Configuration]
+    chosen: Configuration
+    site_latency: dict[str, float]
+    decisions: list[Decision]
+    candidates: dict[str, Candidate]  # every candidate some configuration uses, by key
+    fallback: dict | None             # set when the chosen configuration measured slower end to end
+    seconds: float
+    device_measurements: int          # in the work directory's log, all runs
+    new_measurements: list[str]       # keys measured by this process (a resumed run re-measures none)
+
+
+__all__ = ["SearchOptions", "Decision", "Candidate", "SearchOutcome", "Predict", "EvalFn"]

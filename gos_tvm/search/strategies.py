@@ -1,0 +1,198 @@
+"""Search strategies: how the GOS loop chooses a replacement per site.
+
+A strategy gets the running `GOSearch` (its sites, the measured site latencies, `score`,
+`fit_candidate`, `kernel_latencies`, the latency model, the persistent `state`) and the per-site
+choices so far, and returns its choices.  `GOSearch` runs its strategies in order, each starting
+from the previous one's choices; every configuration a strategy scores becomes a point of the
+Pareto front.  Strategies keep their progress in `search.state` (saved with `search.save()`), so a
+killed run resumes where it stopped.
+
+    GreedyLeastEfficientFirst   site by site, the largest measured latency first; bisection of the
+                                latency model's ranking for the cheapest accurate candidate
+    Evolution                   mutation and crossover of the per-site choices
+"""
+from __future__ import annotations
+
+import math
+import random
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Callable, Mapping
+
+from tqdm.auto import tqdm
+
+from ..instructions.program import jsonable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .gos import GOSearch
+
+Choices = dict[str, "str | None"]
+
+
+class SearchStrategy(ABC):
+    """One way of choosing per-site replacements (see the module docstring)."""
+
+    name: str = "strategy"
+
+    @abstractmethod
+    def run(self, search: "GOSearch", choices: Mapping[str, str | None]) -> Choices:
+        """Improve `choices` (site -> candidate key or None) and return the result."""
+
+
+def bisect_cheapest(n: int, accept: Callable[[int], bool], max_tries: int) -> None:
+    """Bisect positions 0..n-1 of a ranking (cheapest first) for the cheapest accepted one.
+
+    Accuracy grows, roughly, with cost: the most capable (last) position is tried first; only if
+    it is accepted is the cheaper half searched, at most `max_tries` calls of `accept` in all.
+    `accept` records what it accepts; nothing is returned."""
+    lo, hi, tries = 0, n - 1, 1
+    if n <= 0 or not accept(hi):
+        return
+    while lo < hi and tries < max_tries:
+        mid = (lo + hi) // 2
+        tries += 1
+        if accept(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+
+
+class GreedyLeastEfficientFirst(SearchStrategy):
+    """Site by site, the largest measured kernel latency first: generate the site's candidates,
+    rank them with the latency model, bisect the ranking for the cheapest candidate whose fitted
+    weights keep the score within the budget (in the *current* adapted model), tune and measure
+    the accurate ones, and keep the fastest if it beats the original kernel."""
+
+    name = "greedy"
+
+    def run(self, search: "GOSearch", choices: Mapping[str, str | None]) -> Choices:
+        opt = search.opt
+        choices = {**choices, **search.state.get("greedy_choices", {})}
+        site_lat = search.site_latency
+        order = sorted(search.sites, key=lambda s: -site_lat[s] if math.isfinite(site_lat[s]) else 0)
+        if opt.max_sites is not None:
+            order = order[: opt.max_sites]
+        done = set(search.state.get("greedy_done", []))
+        for site_id in tqdm(order, desc="sites", leave=False):
+            if site_id not in done:
+                self._site(search, site_id, choices)
+                done.add(site_id)
+                search.state["greedy_done"] = sorted(done)
+                search.state["greedy_choices"] = choices
+                search.save()
+        return choices
+
+    def _site(self, search: "GOSearch", site_id: str, choices: Choices) -> None:
+        from ..space import candidates as space_candidates
+
+        opt, floor, site_lat = search.opt, search.floor, search.site_latency
+        decision = search.state["decisions"][site_id]
+        cands = space_candidates(search.sites[site_id].program, depth=opt.depth,
+                                 max_flops_ratio=opt.max_flops_ratio, include_original=False)
+        if not cands:
+            decision["reason"] = "no candidate within the FLOP budget"
+            return
+        ranking, how = search.latency_model.rank([c.program for c in cands])
+        decision["ranking"] = how
+        accurate = []  # (position in the ranking, candidate, key)
+
+        def attempt(pos: int) -> bool:
+            cand = cands[ranking[pos]]
+            ckey = f"{site_id}:{cand.structural_hash}"
+            search.state["candidates"].setdefault(ckey, {
+                "site": site_id, "hash": cand.structural_hash, "rule": cand.rule,
+                "params": jsonable(cand.rule_params), "flops": cand.flops, "program": cand.program.to_json()})
+            info = search.state["candidates"][ckey]
+            if "fit" not in info:
+                info["fit"] = search.fit_candidate(site_id, cand, choices)
+                search.save()
+            acc = search.score({**choices, site_id: ckey})
+            ok = acc >= floor
+            tried = {"candidate": ckey, "rule": cand.rule, "params": info["params"], "flops": cand.flops,
+                     "rank": pos, "fit_rel_error": info["fit"]["rel_error"], "score": acc,
+                     "verdict": "accurate" if ok else f"rejected: score {acc:.4f} below {floor:.4f}"}
+            decision["tried"] = [t for t in decision["tried"] if t["candidate"] != ckey] + [tried]
+            if ok:
+                accurate.append((pos, cand, ckey))
+            return ok
+
+        bisect_cheapest(len(ranking), attempt, opt.tries_per_site)
+        accurate = [(c, k) for _, c, k in sorted(accurate, key=lambda a: a[0])[: opt.measure_per_site]]
+        if not accurate:
+            decision["reason"] = (f"kept: none of the {len(decision['tried'])} candidates tried kept the "
+                                  f"score within the budget")
+            return
+        lat = search.kernel_latencies({ck: c.program for c, ck in accurate})
+        best, best_key = min(accurate, key=lambda cc: lat[cc[1]])
+        for t in decision["tried"]:
+            if t["candidate"] in lat:
+                t["latency_s"] = lat[t["candidate"]]
+        if lat[best_key] < site_lat[site_id]:
+            choices[site_id] = best_key
+            decision.update(choice=best_key, rule=best.rule,
+                            reason=f"{best.rule}: {site_lat[site_id] / lat[best_key]:.2f}x faster kernel "
+                                   f"({site_lat[site_id] * 1e6:.1f} -> {lat[best_key] * 1e6:.1f} us), "
+                                   f"score {search.score({**choices}):.4f}")
+        else:
+            decision["reason"] = (f"kept: the fastest accurate candidate ({best.rule}, "
+                                  f"{lat[best_key] * 1e6:.1f} us) is not faster than the original "
+                                  f"({site_lat[site_id] * 1e6:.1f} us)")
+
+
+class Evolution(SearchStrategy):
+    """A small evolutionary search over the per-site choices, seeded with the choices so far (a
+    replacement at one site changes what is best at the next).  Genes are the candidates whose
+    kernels were measured; fitness is (outside the budget, estimated latency, -score)."""
+
+    name = "evolution"
+
+    def run(self, search: "GOSearch", choices: Mapping[str, str | None]) -> Choices:
+        opt = search.opt
+        options: dict[str, list[str | None]] = {s: [None] for s in search.sites}
+        for ckey, info in search.state["candidates"].items():
+            if search.store.measured(f"kernel:{info['hash']}") is not None:
+                options[info["site"]].append(ckey)
+        free = [s for s, o in options.items() if len(o) > 1]
+        if not free:
+            return dict(choices)
+        rng = random.Random(opt.seed)
+        population = [dict(choices)]
+        for gen in tqdm(range(opt.generations), desc="evolution", leave=False):
+            if str(gen) in search.state.get("generations", {}):
+                population = [dict(c) for c in search.state["generations"][str(gen)]]
+                continue
+            children = []
+            for _ in range(opt.population):
+                a, b = rng.choice(population), rng.choice(population)
+                child = {s: (a if rng.random() < 0.5 else b).get(s) for s in search.sites}  # crossover
+                s = rng.choice(free)
+                child[s] = rng.choice(options[s])                                          # mutation
+                children.append({k: v for k, v in child.items() if v is not None})
+            for child in children:
+                search.score(child)
+            ranked = sorted({config_key(c): c for c in population + children}.values(),
+                            key=lambda c: self.fitness(search, c))
+            population = ranked[: max(2, opt.population // 2)]
+            search.state.setdefault("generations", {})[str(gen)] = population
+            search.save()
+        return dict(population[0]) if population else dict(choices)
+
+    @staticmethod
+    def fitness(search: "GOSearch", choices: Mapping[str, str | None]) -> tuple:
+        acc = search.score(choices)
+        return (acc < search.floor, search.estimate(choices), -acc)
+
+
+def config_key(choices: Mapping[str, str | None]) -> str:
+    """The key of a configuration in `state['scores']`: its replaced sites, as sorted JSON."""
+    import json
+
+    return json.dumps({k: v for k, v in sorted(choices.items()) if v is not None}, sort_keys=True)
+
+
+def default_strategies() -> list[SearchStrategy]:
+    """Today's search: greedy least-efficient-first, then evolution."""
+    return [GreedyLeastEfficientFirst(), Evolution()]
+
+
+__all__ = ["SearchStrategy", "GreedyLeastEfficientFirst", "Evolution", "bisect_cheapest", "config_key",
+           "default_strategies"]
