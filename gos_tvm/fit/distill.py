@@ -261,7 +261,7 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 
 def distill(original: torch.nn.Module, replacements: Mapping[str, Replacement], calib_x: np.ndarray, *,
-            steps: int = 300, batch_size: int = 32, lr: float = 1e-3, temperature: float = 2.0,
+            steps: int = 300, batch_size: int = 32, lr: float = 1e-2, temperature: float = 4.0,
             task: str = "classification", holdout: float = 0.2, eval_every: int | None = None,
             patience: int | None = 5, seed: int = 0, checkpoint_dir: str | os.PathLike | None = None,
             progress: bool = True, on_checkpoint: Callable[[int], None] | None = None) -> DistillResult:
