@@ -118,16 +118,19 @@ def test_trainable_form_matches_relax_module_before_and_after(adapted, distilled
 
 
 _CHILD = textwrap.dedent("""
-    import os, signal, sys, threading
+    import os, signal, sys, threading, time
     import torch
     from gos_tvm.fit import distill
     torch.set_num_threads(int(sys.argv[3]))
     from gos_tvm.instructions import OpProgram
     model, programs, calib, kwargs = torch.load(sys.argv[1], weights_only=False)
     replacements = {s: (OpProgram.from_json(p), w) for s, (p, w) in programs.items()}  # programs travel as JSON
+    seen = {}
     def on_checkpoint(step):
-        if step == 2 * kwargs["eval_every"]:  # die by SIGKILL somewhere in the steps after the 2nd checkpoint
-            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        seen[step] = time.perf_counter()
+        if step == 2 * kwargs["eval_every"]:  # SIGKILL ~2.5 steps after the 2nd checkpoint, mid-run
+            per_step = (seen[step] - seen[kwargs["eval_every"]]) / kwargs["eval_every"]
+            threading.Timer(2.5 * per_step, os.kill, (os.getpid(), signal.SIGKILL)).start()
     distill(model, replacements, calib, checkpoint_dir=sys.argv[2], on_checkpoint=on_checkpoint, **kwargs)
     print("FINISHED")
 """)
@@ -148,6 +151,7 @@ def test_killed_distillation_resumes_to_the_same_weights(adapted, tmp_path):
     (path,) = ckpt.glob("distill-*.pt")
     state = torch.load(path, weights_only=False)
     assert not state["finished"] and 10 <= state["step"] < 60
+    print(f"killed with SIGKILL after the checkpoint of step {state['step']} of 60")
 
     resumed = distill(model, replacements, calib, checkpoint_dir=ckpt, **kwargs)
     assert resumed.resumed_from == state["step"] and resumed.steps == 60

@@ -120,8 +120,9 @@ class SiteModule(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.in_shape[0]
         if tuple(x.shape[1:]) != self.in_shape[1:] or x.shape[0] % b:
-            raise ValueError(f"site '{self.site_id}': its replacement takes (B, {', '.join(map(str, self.in_shape[1:]))})"
-                             f" with B a multiple of {b}, got {tuple(x.shape)}")
+            dims = ", ".join(map(str, self.in_shape[1:]))
+            raise ValueError(f"site '{self.site_id}': its replacement takes (B, {dims}) with B a multiple of {b}, "
+                             f"got {tuple(x.shape)}")
         y = torch.func.vmap(self.module)(x.reshape(x.shape[0] // b, *self.in_shape))
         return y.reshape(x.shape[0] // b * self.out_shape[0], *self.out_shape[1:])
 
@@ -138,14 +139,19 @@ def _numpy(value: Any) -> np.ndarray:
 def _require_torch_module(original: Any) -> torch.nn.Module:
     if isinstance(original, torch.nn.Module):
         return original
-    what = type(original).__name__
-    hint = ("an ONNX model" if what in ("ModelProto", "str", "PosixPath") or "onnx" in type(original).__module__
-            else "a Relax module" if "tvm" in type(original).__module__ else f"a {what}")
+    kind = type(original)
+    if "onnx" in kind.__module__ or str(original).endswith(".onnx"):
+        hint = "an ONNX model"
+    elif kind.__module__.startswith("tvm"):
+        hint = "a Relax module"
+    else:
+        hint = f"a {kind.__name__}"
     raise DistillUnavailableError(
         f"distillation trains the original model's torch module with the replacements swapped in, and got {hint}. "
-        "Pass the torch.nn.Module the model was imported from (gos_tvm.from_torch). A model imported from ONNX has "
-        "no trainable form here (onnx2torch needs torchvision, which needs a newer torch than the pinned one): "
-        "keep the layer-wise fitted weights (gos_tvm.fit.fit; in the search, distill=False).")
+        "Pass the torch.nn.Module the model was imported from (gos_tvm.from_torch). A model imported from ONNX "
+        "has no trainable form here (onnx2torch, the ONNX-to-torch converter, depends on torchvision, which is "
+        "not installed with the pinned CPU torch): keep the layer-wise fitted weights (gos_tvm.fit.fit; in the "
+        "search, distill=False).")
 
 
 def _check_site_id(model: torch.nn.Module, site_id: str) -> None:
@@ -227,6 +233,19 @@ def _split(count: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarra
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
+def _step_size(step: int, steps: int, lr: float) -> float:
+    """Linear warm-up over the first 5% of the steps, then a cosine decay to 1% of ``lr``.
+
+    The warm-up matters here: the starting weights are already fitted, and Adam's first
+    steps at full size (its update is ~lr per weight whatever the gradient) knock them
+    far enough that early stopping can end the run before it recovers."""
+    warm = max(1, steps // 20)
+    if step < warm:
+        return lr * (step + 1) / warm
+    t = (step - warm) / max(steps - warm, 1)
+    return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
 def _batch_indices(step: int, n_train: int, batch_size: int, seed: int) -> np.ndarray:
     """Indices of step ``step``'s mini-batch: a function of (seed, step) only, so resume is exact."""
     per_epoch = max(1, n_train // batch_size)
@@ -273,7 +292,8 @@ def distill(original: torch.nn.Module, replacements: Mapping[str, Replacement], 
         calib_x: model inputs (N, ...) (no labels: the original's outputs are the targets).
         steps: most Adam steps (early stopping may end sooner).
         batch_size: samples per step (a multiple of the programs' batch, usually 1).
-        lr: Adam's initial step size; it decays along a cosine to 1% of it at ``steps``.
+        lr: Adam's largest step size: reached after a linear warm-up over the first 5% of the
+            steps, then decayed along a cosine to 1% of it at ``steps``.
         temperature: softens both distributions of the KL loss (classification only).
         task: 'classification' (KL on logits) or 'regression' (MSE on the outputs).
         holdout: fraction of ``calib_x`` held out for early stopping and the reported errors.
@@ -380,8 +400,8 @@ def distill(original: torch.nn.Module, replacements: Mapping[str, Replacement], 
     try:
         while not state["finished"]:
             step = state["step"]
-            for group in opt.param_groups:  # cosine decay to 1%: a function of the step, so resume is exact
-                group["lr"] = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1))))
+            for group in opt.param_groups:  # a function of the step, so resume is exact
+                group["lr"] = _step_size(step, steps, lr)
             idx = torch.from_numpy(_batch_indices(step, len(train), bs, seed))
             loss = distill_loss(student(x_tr[idx]), y_tr[idx], task, temperature, scale)
             opt.zero_grad(set_to_none=True)
