@@ -171,7 +171,8 @@ def test_killed_distillation_resumes_to_the_same_weights(adapted, tmp_path):
             np.testing.assert_array_equal(again.weights[sid][w], value)
 
 
-def test_onnx_model_is_refused_with_the_fallback(adapted, tmp_path):
+def test_onnx_imported_model_distils_in_its_relax_torch_form(adapted, tmp_path):
+    """No torch module: the imported (mod, params) is trained as the Relax graph run with torch ops."""
     model, split, calib, mod, params, replacements = adapted
     import onnx
 
@@ -179,11 +180,50 @@ def test_onnx_model_is_refused_with_the_fallback(adapted, tmp_path):
     torch.onnx.export(model, (torch.from_numpy(split.x_train[:1]),), str(path), dynamo=False,
                       input_names=["x"], output_names=["y"])
     onnx_mod, onnx_params = graph.from_onnx(path)
-    onnx_sites = {s.id for s in graph.find_sites(onnx_mod, onnx_params)}
-    assert set(CHOSEN) <= onnx_sites  # the same sites exist, but there is no torch module to train
+    assert set(CHOSEN) <= {s.id for s in graph.find_sites(onnx_mod, onnx_params)}  # ids from initializer names
+    res = distill((onnx_mod, onnx_params), replacements, calib, steps=40, progress=False)
+    assert res.error_after < 0.6 * res.error_before
+    x = split.x_val[:4]
+    for repl in (replacements, res.replacements):
+        new_mod, new_params = graph.substitute(onnx_mod, onnx_params, repl)
+        vm = graph.load_vm(graph.compile_module(new_mod, new_params))
+        relax_out = np.concatenate([graph.run(vm, x[i:i + 1])[0] for i in range(len(x))])
+        with torch.no_grad():
+            torch_out = trainable_model((onnx_mod, onnx_params), repl)(torch.from_numpy(x)).numpy()
+        assert rel_err(torch_out, relax_out) < 1e-4
+    # An ONNX file or proto itself has no trainable form: the error says what to pass instead.
     for original in (onnx.load(str(path)), str(path), onnx_mod):
-        with pytest.raises(DistillUnavailableError, match="layer-wise fitted weights"):
+        with pytest.raises(DistillUnavailableError, match=r"\(mod, params\).*layer-wise fitted weights"):
             distill(original, replacements, calib, steps=1, progress=False)
+
+
+def test_relax_operator_without_torch_translation_is_named(tmp_path):
+    """ONNX's Clip (from ReLU6) imports as isnan/where/call_tir: refused up front, naming the operators."""
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU6(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10)).eval()
+    path = tmp_path / "relu6.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, input_names=["x"])
+    mod, params = graph.from_onnx(path)
+    site = graph.find_sites(mod, params)[0]
+    with pytest.raises(graph.UnsupportedModelError, match="no translation for .*call_tir"):
+        distill((mod, params), {site.id: (site.program, site.weights)}, np.zeros((4, 1, 8, 8), np.float32),
+                steps=1, progress=False)
+
+
+@pytest.mark.parametrize("name", ["resnet18-style", "tcn"])
+def test_relax_torch_form_computes_the_imported_model(name, tmp_path):
+    """BatchNorm, mean, residual adds (resnet18-style); conv1d, average pooling, squeeze (the PPG TCN)."""
+    from gos_tvm.graph.torch_form import RelaxTorch
+    from gos_tvm.ppg.model import TCN
+
+    torch.manual_seed(0)
+    net, x = (models.ResNet18Style(), torch.randn(2, 1, 32, 32)) if name != "tcn" else (TCN(), torch.randn(2, 4, 256))
+    net.eval()
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (x[:1],), str(path), dynamo=False, input_names=["x"])
+    with torch.no_grad():
+        ref = net(x).numpy()
+        for mod, params in (graph.from_torch(net, x[:1]), graph.from_onnx(path)):
+            assert rel_err(RelaxTorch(mod, params)(x).numpy(), ref) < 1e-5
 
 
 def test_bad_arguments_are_named(adapted):

@@ -20,7 +20,9 @@ torch modules that own the sites' weights, and a site program computes that modu
 call (bias included) in the same layouts, so the trainable form computes what
 `graph.substitute` builds.  Only the replacements' weights are trained; the rest of the
 model is frozen and stays in eval mode (BatchNorm uses its running statistics, as the
-imported Relax module does).
+imported Relax module does).  A model without a torch module (imported from ONNX) is
+given as its ``(mod, params)`` and trained in the form `gos_tvm.graph.torch_form.RelaxTorch`
+builds: the Relax graph run with PyTorch operators, the replaced sites swapped likewise.
 
 Determinism and resume: the held-out split and the order of the mini-batches are
 functions of the seed and the step (epoch ``e`` uses the permutation of
@@ -136,22 +138,22 @@ def _numpy(value: Any) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(value, dtype=np.float32))
 
 
-def _require_torch_module(original: Any) -> torch.nn.Module:
-    if isinstance(original, torch.nn.Module):
-        return original
+def _is_relax_model(original: Any) -> bool:
+    return (isinstance(original, tuple) and len(original) == 2 and type(original[0]).__name__ == "IRModule"
+            and isinstance(original[1], Mapping))
+
+
+def _check_original(original: Any) -> None:
+    if isinstance(original, torch.nn.Module) or _is_relax_model(original):
+        return
     kind = type(original)
-    if "onnx" in kind.__module__ or str(original).endswith(".onnx"):
-        hint = "an ONNX model"
-    elif kind.__module__.startswith("tvm"):
-        hint = "a Relax module"
-    else:
-        hint = f"a {kind.__name__}"
+    hint = ("an ONNX model" if "onnx" in kind.__module__ or str(original).endswith(".onnx")
+            else "a Relax module without its params" if kind.__module__.startswith("tvm") else f"a {kind.__name__}")
     raise DistillUnavailableError(
-        f"distillation trains the original model's torch module with the replacements swapped in, and got {hint}. "
-        "Pass the torch.nn.Module the model was imported from (gos_tvm.from_torch). A model imported from ONNX "
-        "has no trainable form here (onnx2torch, the ONNX-to-torch converter, depends on torchvision, which is "
-        "not installed with the pinned CPU torch): keep the layer-wise fitted weights (gos_tvm.fit.fit; in the "
-        "search, distill=False).")
+        f"distillation needs a trainable form of the original model, and got {hint}: pass the torch.nn.Module the "
+        "model was imported from, or the imported (mod, params) (gos_tvm.from_onnx / from_torch), which is run "
+        "with PyTorch operators (gos_tvm.graph.torch_form). Where neither is possible, keep the layer-wise fitted "
+        "weights (gos_tvm.fit.fit; in the search, distill=False).")
 
 
 def _check_site_id(model: torch.nn.Module, site_id: str) -> None:
@@ -167,12 +169,28 @@ def _check_site_id(model: torch.nn.Module, site_id: str) -> None:
                        f"(e.g. {[n for n, _ in model.named_modules() if n][:4]})") from err
 
 
-def trainable_model(original: torch.nn.Module, replacements: Mapping[str, Replacement]) -> torch.nn.Module:
-    """A copy of ``original`` (eval mode, its own parameters frozen) in which the submodule of
-    each site id is a `SiteModule` running the replacement program with the given weights:
-    the torch counterpart of ``graph.substitute(mod, params, replacements)``, whose only
-    trainable parameters are the replacements' weights."""
-    original = _require_torch_module(original)
+def trainable_model(original: torch.nn.Module | tuple[Any, Mapping[str, np.ndarray]],
+                    replacements: Mapping[str, Replacement]) -> torch.nn.Module:
+    """The adapted model in trainable form: the torch counterpart of
+    ``graph.substitute(mod, params, replacements)``, whose only trainable parameters are the
+    replacements' weights (`SiteModule`s), everything else frozen and in eval mode.
+
+    ``original`` is the torch module the model was imported from (a copy of it with the
+    submodule of each site id swapped), or the imported ``(mod, params)`` (run with PyTorch
+    operators by `gos_tvm.graph.torch_form.RelaxTorch`; for models from ONNX).
+
+    Raises:
+        DistillUnavailableError: ``original`` is neither.
+        KeyError: a site id that the model does not have.
+        gos_tvm.graph.UnsupportedModelError: a Relax operator without a torch translation.
+    """
+    _check_original(original)
+    if _is_relax_model(original):
+        from ..graph.torch_form import RelaxTorch
+
+        mod, params = original
+        model = RelaxTorch(mod, params, {s: SiteModule(s, p, w) for s, (p, w) in replacements.items()})
+        return model.eval()
     for site_id in replacements:
         _check_site_id(original, site_id)
     model = copy.deepcopy(original).eval()
@@ -254,11 +272,19 @@ def _batch_indices(step: int, n_train: int, batch_size: int, seed: int) -> np.nd
     return order[k * batch_size:(k + 1) * batch_size]
 
 
-def _fingerprint(original: torch.nn.Module, replacements: Mapping[str, Replacement], x: np.ndarray,
+def _fingerprint(original: Any, replacements: Mapping[str, Replacement], x: np.ndarray,
                  settings: Mapping[str, Any]) -> str:
     h = hashlib.sha256()
     h.update(repr(sorted(settings.items())).encode())
-    for name, value in original.state_dict().items():
+    if _is_relax_model(original):
+        import tvm
+
+        mod, params = original
+        h.update(str(tvm.ir.structural_hash(mod)).encode())
+        state = {k: torch.from_numpy(np.asarray(v)) for k, v in sorted(params.items())}
+    else:
+        state = original.state_dict()
+    for name, value in state.items():
         h.update(name.encode())
         h.update(_numpy(value).tobytes() if value.is_floating_point() else value.cpu().numpy().tobytes())
     for site_id in sorted(replacements):
@@ -279,7 +305,8 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def distill(original: torch.nn.Module, replacements: Mapping[str, Replacement], calib_x: np.ndarray, *,
+def distill(original: torch.nn.Module | tuple[Any, Mapping[str, np.ndarray]], replacements: Mapping[str, Replacement],
+            calib_x: np.ndarray, *,
             steps: int = 300, batch_size: int = 32, lr: float = 1e-2, temperature: float = 4.0,
             task: str = "classification", holdout: float = 0.2, eval_every: int | None = None,
             patience: int | None = 5, seed: int = 0, checkpoint_dir: str | os.PathLike | None = None,
@@ -287,7 +314,8 @@ def distill(original: torch.nn.Module, replacements: Mapping[str, Replacement], 
     """Fine-tune the replacements of one configuration end to end against the original model.
 
     Args:
-        original: the trained torch model the Relax module was imported from (`from_torch`).
+        original: the trained torch model the Relax module was imported from (`from_torch`), or
+            the imported ``(mod, params)`` itself (e.g. from `from_onnx`; see `trainable_model`).
         replacements: ``{site id: (program, weights)}``, the starting weights (layer-wise fitted).
         calib_x: model inputs (N, ...) (no labels: the original's outputs are the targets).
         steps: most Adam steps (early stopping may end sooner).
@@ -311,12 +339,14 @@ def distill(original: torch.nn.Module, replacements: Mapping[str, Replacement], 
         `graph.substitute`.
 
     Raises:
-        DistillUnavailableError: ``original`` is not a torch module (e.g. an ONNX model).
-        KeyError: a site id that is not a submodule of ``original``.
+        DistillUnavailableError: ``original`` is neither a torch module nor ``(mod, params)``.
+        KeyError: a site id that the model does not have.
+        gos_tvm.graph.UnsupportedModelError: ``(mod, params)`` uses a Relax operator that has no
+            torch translation (`gos_tvm.graph.torch_form`).
         ValueError: bad settings or data.
     """
     start = time.perf_counter()
-    original = _require_torch_module(original)
+    _check_original(original)
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if steps < 0 or batch_size < 1 or not 0 <= holdout < 1 or lr <= 0 or temperature <= 0:
@@ -335,7 +365,7 @@ def distill(original: torch.nn.Module, replacements: Mapping[str, Replacement], 
     student = trainable_model(original, replacements)
     sites = _site_modules(student)
     params = [p for s in sites.values() for p in s.parameters()]
-    teacher = copy.deepcopy(original).eval()
+    teacher = trainable_model(original, {}) if _is_relax_model(original) else copy.deepcopy(original).eval()
     x = torch.from_numpy(x_all)
     with torch.no_grad():
         y = _forward(teacher, x)
