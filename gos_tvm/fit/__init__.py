@@ -9,7 +9,7 @@
 End to end (all replacements of a configuration together, against the original model)::
 
     from gos_tvm.fit import distill, substitute_distilled
-    result = distill(model, {"conv2": (program, weights)}, x_calib, steps=300)
+    result = distill(model, {"conv2": (program, weights)}, x_calib, steps=300)   # or (mod, params)
     mod2, params2 = substitute_distilled(mod, params, result)
 
 Modules: `activations` (forward hooks, torch layer -> program), `batched` (running a
