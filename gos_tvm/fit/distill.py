@@ -26,7 +26,7 @@ builds: the Relax graph run with PyTorch operators, the replaced sites swapped l
 
 Determinism and resume: the held-out split and the order of the mini-batches are
 functions of the seed and the step (epoch ``e`` uses the permutation of
-``default_rng([seed, e])``), the step size follows a cosine of the step, and a
+``default_rng([seed, e])``), the step size is a function of the step (warm-up, cosine), and a
 checkpoint (weights, Adam's state, early-stopping state) is written atomically at every
 evaluation, so a killed run that is restarted with the same arguments continues from
 its last checkpoint and ends with the weights of an uninterrupted run.  Checkpoints are
@@ -54,7 +54,8 @@ TASKS = ("classification", "regression")
 
 
 class DistillUnavailableError(TypeError):
-    """The model has no trainable form here (e.g. it came from ONNX without a torch module)."""
+    """The original was given in a form that cannot be trained (e.g. an ONNX file or proto:
+    pass the imported ``(mod, params)`` instead)."""
 
 
 @dataclass
