@@ -79,3 +79,22 @@ def test_malformed_excerpt(tmp_path):
     bad.write_bytes(pickle.dumps({"X": np.zeros((3, 4, 100)), "y": np.zeros((3, 1))}))
     with pytest.raises(ValueError, match=r"expected \(N, 4, 256\)"):
         dalia.load_excerpt(bad)
+
+
+@needs_excerpt
+def test_fine_tune_on_early_windows_keeps_the_best_validation_weights(excerpt):
+    import torch
+
+    from gos_tvm.ppg.model import TCN, fine_tune, mae, predict_torch
+
+    torch.manual_seed(0)
+    model = TCN()
+    fit, val = dalia.time_split(40, 0.75)
+    rng = np.random.default_rng(0)
+    x_sim = rng.normal(size=(16, 4, D.WINDOW)).astype("float32")      # stands in for simulated windows
+    log = fine_tune(model, excerpt.x[fit], excerpt.y[fit], excerpt.x[val], excerpt.y[val], x_sim=x_sim,
+                    y_sim=np.full(16, 100.0, "float32"), repeat=2, epochs=3, lr=3e-3)
+    assert len(log.val_mae) == 3
+    assert mae(predict_torch(model, excerpt.x[val]), excerpt.y[val]) == pytest.approx(min(log.val_mae), rel=1e-5)
+    # an untrained TCN predicts about the middle of its range (115 BPM); a few epochs move it towards the labels
+    assert min(log.val_mae) < mae(np.full(len(val), 115.0), excerpt.y[val])
