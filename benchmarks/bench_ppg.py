@@ -131,7 +131,8 @@ def markdown(res: dict, command: str, machine: dict) -> str:
         f"heartpy's real recordings (finger/ear PPG, no accelerometer, another sensor; a domain check, not a "
         f"benchmark), adapted model vs heartpy's peak-based estimate: {hp_cells}.",
         "",
-        "**Simulated data is not PPG-DaLiA.** Published errors of reference models on PPG-DaLiA (15 real subjects, "
+        "**Neither the simulated subjects nor 7 minutes of one subject are the PPG-DaLiA benchmark.** Published "
+        "errors of reference models on PPG-DaLiA (15 real subjects, "
         "leave-one-subject-out), as reported by the papers (not re-run here), for context only, not comparable with "
         "the numbers above:",
         "",
