@@ -102,16 +102,21 @@ def fashion_mnist_raw(root: str | os.PathLike | None = None) -> dict[str, np.nda
     return arrays
 
 
-def _to_model_input(images: np.ndarray, size: int, background: float = 0.0) -> np.ndarray:
-    """uint8-range images (N, H, W) scaled to [0, 1] -> float32 (N, 1, size, size) in [-1, 1]."""
+def _to_model_input(images: np.ndarray, size: int, pad: bool = False) -> np.ndarray:
+    """Images (N, H, W) with values in [0, 1] -> float32 (N, 1, size, size) in [-1, 1].
+
+    `pad`: a larger `size` is reached by padding with background (0) on every side instead of
+    resampling; otherwise the images are resized bilinearly (with antialiasing when shrinking).
+    """
     import torch
     import torch.nn.functional as F
 
     x = torch.from_numpy(np.ascontiguousarray(images, dtype="float32")).unsqueeze(1)
     h = x.shape[-1]
-    if size > h and (size - h) % 2 == 0 and h >= 28:
+    if pad and size > h:
         # Fashion-MNIST's 28x28 -> 32x32: pad with background, as LeNet did with MNIST (no resampling)
-        x = F.pad(x, [(size - h) // 2] * 4, value=background)
+        lo = (size - h) // 2
+        x = F.pad(x, [lo, size - h - lo, lo, size - h - lo], value=0.0)
     elif size != h:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < h)
     return ((x - 0.5) / 0.5).numpy()
@@ -126,8 +131,8 @@ def fashion_mnist(size: int = 32, seed: int = 0, val_size: int = 5000,
         raise ValueError(f"val_size must be between 1 and {n_train - 1}, got {val_size}")
     order = np.random.default_rng(seed).permutation(n_train)
     val, tr = order[:val_size], np.sort(order[val_size:])
-    x_train = _to_model_input(raw["train_images"] / 255.0, size)
-    x_test = _to_model_input(raw["test_images"] / 255.0, size)
+    x_train = _to_model_input(raw["train_images"] / 255.0, size, pad=True)
+    x_test = _to_model_input(raw["test_images"] / 255.0, size, pad=True)
     y_train, y_test = raw["train_labels"].astype("int64"), raw["test_labels"].astype("int64")
     return Split(x_train[tr], y_train[tr], x_train[val], y_train[val], x_test, y_test, name="fashion-mnist")
 
