@@ -1,7 +1,9 @@
 """Model benchmark: GOS-adapted vs tuned TVM original vs PyTorch / torch.compile / onnxruntime.
 
 For each model (ResNet-18-style, MobileNetV2-style, VGG-style; all trained here on
-scikit-learn's digits, upsampled from 8x8 to 32x32 bilinearly, 60/20/20 split):
+``--dataset``: scikit-learn's digits, upsampled from 8x8 to 32x32 bilinearly, 60/20/20 split
+(the default), or Fashion-MNIST, 28x28 padded to 32x32, 55,000 / 5,000 / 10,000 images, from
+``apt-get install -y dataset-fashion-mnist``):
 
 1. train on the CPU (weights cached under ``--work-dir``);
 2. export to ONNX (``torch.onnx.export(..., dynamo=False)``) and check that onnxruntime
@@ -20,6 +22,11 @@ and the table is rebuilt from all records there, so models can be run one at a t
 
     python benchmarks/bench_models.py --trials 48 --max-sites 3 --work-dir bench_work
     python benchmarks/bench_models.py --quick --models resnet18-style --out /tmp/bench_quick
+    python benchmarks/bench_models.py --dataset fashion-mnist --epochs 4 --work-dir bench_work_fm
+
+Records of a data set other than digits are named ``<model>-<dataset>`` (raw record, ONNX
+file, search work directory), so both can share ``--out`` and ``--work-dir``; every record
+has a ``dataset`` field.
 
 Latencies come from ONE run on whatever machine runs this; on a shared, noisy 2-core
 machine they move by tens of percent between runs.
@@ -70,6 +77,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="search and measure on the emulated rasp3b-aarch64 (qemu-user; `gos-tvm rpc emulate "
                         "rasp3b-aarch64 --build-only` first): EMULATION timings, not board timings; the PyTorch / "
                         "onnxruntime columns stay host timings")
+    p.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits",
+                   help="training / validation / test data (default digits; fashion-mnist needs "
+                        "`apt-get install -y dataset-fashion-mnist`)")
+    p.add_argument("--train-samples", type=int, default=None,
+                   help="train on the first N training images only (a quick run; accuracy is still measured on "
+                        "the whole test split)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild models.json / .md / .png from the records in <out>/raw")
@@ -232,21 +245,24 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     import onnxruntime as ort
 
     import gos_tvm
-    from gos_tvm import graph, models
+    from gos_tvm import datasets, graph, models
 
-    rec: dict = {"model": name, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    tag = record_name(name, args.dataset)
+    rec: dict = {"model": name, "dataset": args.dataset, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                  "command": shlex.join([sys.executable, *sys.argv]), "machine": machine_info(),
                  "config": {k: getattr(args, k) for k in ("trials", "kernel_trials", "max_sites", "epochs", "budget",
-                                                          "repeats", "seed", "quick")}}
+                                                          "repeats", "seed", "quick", "dataset", "train_samples")}}
     t_model = time.time()
     torch.set_num_threads(2)
 
     # 1. Train (cached)
     t0 = time.time()
-    model, split = models.trained_model(name, work / "weights", epochs=args.epochs, seed=args.seed)
+    model, split = models.trained_model(name, work / "weights", epochs=args.epochs, seed=args.seed,
+                                        dataset=args.dataset, train_samples=args.train_samples)
     model.eval()
     rec["train_or_load_s"] = time.time() - t0
-    rec["data"] = {"dataset": "sklearn digits (8x8, bilinearly resized)", "input_shape": list(split.x_train.shape[1:]),
+    rec["data"] = {"dataset": datasets.describe(args.dataset), "input_shape": list(split.x_train.shape[1:]),
+                   "trained_on": args.train_samples or len(split.y_train),
                    "train": len(split.y_train), "val": len(split.y_val), "test": len(split.y_test)}
     rec["torch_test_accuracy"] = models.accuracy(model, split.x_test, split.y_test)
     rec["params"] = int(sum(p.numel() for p in model.parameters()))
@@ -259,7 +275,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
         ref = model(x1)
 
     # 2. ONNX export and checks
-    onnx_path = work / f"{name}.onnx"
+    onnx_path = work / f"{tag}.onnx"
     try:
         rec["onnx"] = export_onnx(model, x1_np, onnx_path, np.ascontiguousarray(split.x_test[:16]))
     except Exception as err:  # noqa: BLE001
@@ -278,7 +294,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     result = gos_tvm.tune(mod, device, params=params, calib_data=split.x_train,
                           val_data=(split.x_val, split.y_val), accuracy_budget=args.budget,
                           trials=args.trials, kernel_trials=args.kernel_trials, max_sites=args.max_sites,
-                          work_dir=work / f"gos_{name}", seed=args.seed)
+                          work_dir=work / f"gos_{tag}", seed=args.seed)
     tune_wall = time.time() - t0
     print(result.summary(), flush=True)
     rec["device"] = result.device.label
@@ -337,6 +353,11 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Outputs: JSON, Markdown, plot
 # ----------------------------------------------------------------------------------------------
+def record_name(model: str, dataset: str) -> str:
+    """File stem of a model's record, ONNX file and search directory (digits keeps the plain model name)."""
+    return model if dataset == "digits" else f"{model}-{dataset}"
+
+
 def _ms(entry: dict | None) -> str:
     if not entry or entry.get("median_s") is None:
         return "n/a"
@@ -344,6 +365,8 @@ def _ms(entry: dict | None) -> str:
 
 
 def markdown(records: list[dict], machine: dict) -> str:
+    from gos_tvm import datasets
+
     cmds = sorted({r["command"] for r in records})
     lines = ["# Model benchmark: GOS-adapted vs tuned TVM original vs PyTorch / onnxruntime", "",
              f"Machine: {machine.get('cpu_model')}, {machine.get('cores')} cores "
@@ -355,8 +378,10 @@ def markdown(records: list[dict], machine: dict) -> str:
                 "this host): their TVM columns are emulation timings, not board timings, and are not comparable "
                 "with the host's PyTorch / onnxruntime columns.**", ""] if any(r.get("emulated") for r in records)
                else []),
-             "Data: scikit-learn digits (1797 8x8 images) resized bilinearly to 32x32, 60/20/20 split; "
-             "the search sees the validation split, accuracy below is on the held-out test split (360 images). "
+             "Data: " + "; ".join(f"{d}: {datasets.describe(d)}, test split of "
+                                  f"{next(r['data']['test'] for r in records if r.get('dataset', 'digits') == d and 'data' in r)} images"
+                                  for d in sorted({r.get('dataset', 'digits') for r in records if 'data' in r})) + "; "
+             "the search sees the validation split, accuracy below is on the held-out test split. "
              "Latency: median ms per batch-1 inference.", "",
              "| model | TVM original tuned | GOS adapted tuned | speedup | PyTorch eager | torch.compile | "
              "onnxruntime | test acc orig → adapted (Δ pts) | sites replaced | search (wall, device meas.) | "
@@ -373,7 +398,8 @@ def markdown(records: list[dict], machine: dict) -> str:
             w for w, ok in (("speedup", t["speedup_met"]), ("accuracy", t["accuracy_met"])) if not ok))
         cfg = r["config"]
         lines.append(
-            f"| {r['model']}{' (EMULATED rasp3b-aarch64)' if r.get('emulated') else ''} "
+            f"| {r['model']}{'' if r.get('dataset', 'digits') == 'digits' else ' on ' + r['dataset']}"
+            f"{' (EMULATED rasp3b-aarch64)' if r.get('emulated') else ''} "
             f"(T={cfg['trials']}, K={cfg['max_sites']}) | {_ms(lat['tvm_original_tuned'])} | "
             f"{_ms(lat['gos_adapted_tuned'])} | {r['speedup_vs_tuned_original']:.2f}x | {_ms(lat['torch_eager'])} | "
             f"{_ms(lat['torch_compile'])} | {_ms(lat['onnxruntime'])} | {acc['original']:.4f} → {acc['adapted']:.4f} "
@@ -441,7 +467,8 @@ def write_outputs(out: Path, machine: dict) -> dict:
     raw = out / "raw"
     records = [json.loads(p.read_text()) for p in sorted(raw.glob("*.json"))]
     order = {m: i for i, m in enumerate(MODELS)}
-    records.sort(key=lambda r: order.get(r["model"], 99))
+    records.sort(key=lambda r: (r.get("dataset", "digits") != "digits", r.get("dataset", "digits"),
+                                order.get(r["model"], 99)))
     # The machine as recorded by the run that measured the first model (its CPU, cores, load at start).
     machine = next((r["machine"] for r in records if r.get("machine")), machine)
     doc = {"machine": machine, "note": NOISE_NOTE, "commands": sorted({r["command"] for r in records}),
@@ -474,13 +501,13 @@ def main(argv=None) -> dict:
         except Exception as err:  # noqa: BLE001 - keep going with the next model, report the failure
             traceback.print_exc()
             failed[name] = f"{type(err).__name__}: {err}"
-            rec = {"model": name, "failed": failed[name], "command": shlex.join([sys.executable, *sys.argv]),
+            rec = {"model": name, "dataset": args.dataset, "failed": failed[name], "command": shlex.join([sys.executable, *sys.argv]),
                    "machine": machine, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                    "traceback_tail": traceback.format_exc().strip().splitlines()[-6:]}
-            (out / "raw" / f"{name}.json").write_text(dump_json(rec))
+            (out / "raw" / f"{record_name(name, args.dataset)}.json").write_text(dump_json(rec))
             write_outputs(out, machine)
             continue
-        (out / "raw" / f"{name}.json").write_text(dump_json(rec))
+        (out / "raw" / f"{record_name(name, args.dataset)}.json").write_text(dump_json(rec))
         write_outputs(out, machine)
         print(f"[{name}] done in {rec['model_wall_s'] / 60:.1f} min: speedup {rec['speedup_vs_tuned_original']:.2f}x, "
               f"test accuracy {rec['test_accuracy']['original']:.4f} -> {rec['test_accuracy']['adapted']:.4f}; "

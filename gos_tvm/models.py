@@ -1,8 +1,8 @@
-"""Real data and small real models for the main job, the tests and the benchmarks.
+"""Small real models trained on real data for the main job, the tests and the benchmarks.
 
-Data: scikit-learn's handwritten digits (1,797 8x8 grey images, shipped with the
-package, so nothing is downloaded), upsampled bilinearly to the model's input size
-(16x16 or 32x32; the information content stays that of 8x8 images) and split
+Data (`gos_tvm.datasets`): scikit-learn's handwritten digits (1,797 8x8 images, upsampled;
+the default) or Fashion-MNIST (60,000 + 10,000 28x28 images, from the Debian package
+``dataset-fashion-mnist``), at the model's input size (16x16 or 32x32), split
 deterministically into train / validation / test.
 
 Models: a plain CNN, and ResNet-, MobileNetV2- and VGG-style networks scaled for
@@ -11,9 +11,9 @@ cached (keyed by model, size, epochs and seed) so a rerun does not train again.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,31 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass
-class Split:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
-def digits(size: int = 16, seed: int = 0) -> Split:
-    """scikit-learn's digits as float32 NCHW images of `size`x`size`, 60/20/20 split."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.from_numpy(data.images.astype("float32") / 16.0).unsqueeze(1)
-    if size != 8:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    x = ((x - 0.5) / 0.5).numpy()
-    y = data.target.astype("int64")
-    order = np.random.default_rng(seed).permutation(len(y))
-    a, b = int(0.6 * len(y)), int(0.8 * len(y))
-    tr, va, te = order[:a], order[a:b], order[b:]
-    return Split(x[tr], y[tr], x[va], y[va], x[te], y[te])
+from .datasets import DATASETS, Split, check_name, digits, fashion_mnist  # noqa: F401 (re-exported)
+from . import datasets
 
 
 class DigitsCNN(nn.Module):
@@ -182,23 +159,38 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def trained_model(name: str, cache_dir: str | os.PathLike | None = None, epochs: int = 8,
-                  seed: int = 0) -> tuple[nn.Module, Split]:
-    """A model of `MODELS` trained on digits (cached under `cache_dir`) and its data split."""
+                  seed: int = 0, dataset: str = "digits",
+                  train_samples: int | None = None) -> tuple[nn.Module, Split]:
+    """A model of `MODELS` trained on `dataset` (cached under `cache_dir`) and its data split.
+
+    `dataset` is ``"digits"`` (scikit-learn, always available) or ``"fashion-mnist"``
+    (raises `gos_tvm.datasets.DatasetNotFound`, naming the install command, when absent).
+    `train_samples` trains on the first that many training images only (a quick run; the
+    returned split is the whole split).
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    check_name(dataset)
     cls, size = MODELS[name]
-    split = digits(size, seed)
+    split = datasets.load(dataset, size, seed)
     torch.manual_seed(seed)
     model = cls()
     path = None
     if cache_dir is not None:
         arch = ",".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
-        tag = hashlib.sha256(f"{name}-{size}-{epochs}-{seed}-{arch}".encode()).hexdigest()[:10]
-        path = Path(cache_dir) / f"{name}-{tag}.pt"
+        # digits keeps the key it had before there was a choice (existing caches stay valid)
+        data_key = "" if dataset == "digits" else f"-{dataset}"
+        data_key += f"-n{train_samples}" if train_samples is not None else ""
+        tag = hashlib.sha256(f"{name}-{size}-{epochs}-{seed}-{arch}{data_key}".encode()).hexdigest()[:10]
+        path = Path(cache_dir) / f"{name}{data_key}-{tag}.pt"
         if path.exists():
             model.load_state_dict(torch.load(path))
             return model.eval(), split
-    train(model, split, epochs=epochs, seed=seed)
+    if train_samples is not None and not 0 < train_samples:
+        raise ValueError(f"train_samples must be positive, got {train_samples}")
+    subset = split if train_samples is None else dataclasses.replace(
+        split, x_train=split.x_train[:train_samples], y_train=split.y_train[:train_samples])
+    train(model, subset, epochs=epochs, seed=seed)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

@@ -143,3 +143,22 @@ def train(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.
         model.load_state_dict(best_state)
     model.eval()
     return TrainLog(epochs, time.time() - t0, train_hist, val_hist, best_epoch)
+
+
+def fine_tune(model: nn.Module, x_real: np.ndarray, y_real: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
+              x_sim: np.ndarray | None = None, y_sim: np.ndarray | None = None, repeat: int = 4, epochs: int = 8,
+              lr: float = 1e-3, seed: int = 0, verbose: bool = False) -> TrainLog:
+    """Adapt a trained `model` to a real recording: continue `train` on the real windows (each
+    `repeat` times per epoch) mixed with simulated ones (``x_sim``, ``y_sim``; they keep the
+    heart-rate range and the motion cases that a short recording lacks), at a lower learning
+    rate, keeping the weights of the best MAE on the real validation windows ``x_val``.
+
+    Time-split the recording before calling this (`dalia.time_split`): real windows that overlap
+    the validation or test windows must not be among ``x_real``.
+    """
+    xs, ys = [np.repeat(np.asarray(x_real, dtype="float32"), repeat, axis=0)], [np.repeat(y_real, repeat)]
+    if x_sim is not None:
+        xs.append(np.asarray(x_sim, dtype="float32"))
+        ys.append(np.asarray(y_sim))
+    return train(model, np.concatenate(xs), np.concatenate(ys).astype("float32"), x_val, y_val, epochs=epochs,
+                 lr=lr, warmup=1, seed=seed, verbose=verbose)

@@ -10,10 +10,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "original and adapted model on the device over TVM RPC, write a report.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default="digits-cnn",
-                     help="a built-in model trained on scikit-learn's digits: digits-cnn (default), "
+                     help="a built-in model, trained here on --dataset: digits-cnn (default), "
                           "resnet18-style, mobilenetv2-style, vgg-style")
     src.add_argument("--onnx", help="an ONNX model file (then --data is required)")
     p.add_argument("--data", help=".npz with x_calib, x_val, y_val (for --onnx)")
+    p.add_argument("--dataset", choices=("digits", "fashion-mnist"), default=None,
+                   help="data the built-in model is trained and validated on: digits (default; scikit-learn, "
+                        "1,797 images) or fashion-mnist (60,000 + 10,000 images; `apt-get install -y "
+                        "dataset-fashion-mnist`; training takes minutes to hours on 2 cores)")
     p.add_argument("--target", default="local", help="device preset: local, rasp3b, rasp3b-aarch64, redmi-note-7s")
     p.add_argument("--emulated", action="store_true",
                    help="measure on the emulated board (qemu-user on this host, built once with "
@@ -48,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
             target = emulate.emulated_preset(args.target, key=args.key)
         except ValueError as err:
             raise SystemExit(f"error: --emulated --target {args.target}: {err}") from None
+    if args.onnx and args.dataset:
+        raise SystemExit("error: --dataset chooses the data of a built-in --model; with --onnx give --data FILE.npz")
     if args.onnx:
         if not args.data:
             raise SystemExit("--onnx needs --data FILE.npz with arrays x_calib, x_val, y_val")
@@ -59,8 +65,15 @@ def run(args: argparse.Namespace) -> int:
         calib, val = data["x_calib"], (data["x_val"], data["y_val"])
         print(f"model: {args.onnx}")
     else:
-        model, split = models.trained_model(args.model, Path(args.work_dir) / "models", seed=args.seed)
-        print(f"model: {args.model}, trained on scikit-learn digits "
+        from ..datasets import DatasetNotFound, describe
+
+        dataset = args.dataset or "digits"
+        try:
+            model, split = models.trained_model(args.model, Path(args.work_dir) / "models", seed=args.seed,
+                                                dataset=dataset)
+        except DatasetNotFound as err:
+            raise SystemExit(f"error: --dataset {dataset}: {err}") from None
+        print(f"model: {args.model}, trained on {describe(dataset)} "
               f"(validation accuracy in torch {models.accuracy(model, split.x_val, split.y_val):.4f})")
         mod, params = graph.from_torch(model, __import__("torch").from_numpy(split.x_train[:1]))
         calib, val = split.x_train, (split.x_val, split.y_val)
