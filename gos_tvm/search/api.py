@@ -191,7 +191,9 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
         measurer: where latencies come from instead of the device (e.g. the fake device
             `gos_tvm.search.FakeMeasurer`); then no tracker or server is used.
         options: further `SearchOptions` (max_sites, tries_per_site, measure_per_site,
-            max_flops_ratio, depth, fit_steps, calib_samples, generations, population, repeat).
+            max_flops_ratio, depth, fit_steps, calib_samples, generations, population, repeat;
+            distillation: distill (default True; False keeps layer-wise fitting only), distill_steps,
+            final_distill_steps, distill_lr, distill_temperature, distill_task).
     """
     from .. import graph
     from ..hw import resolve_preset
@@ -247,6 +249,8 @@ def _result(search: GOSearch, out: SearchOutcome, accuracy_budget: float, opts: 
         "chosen": vars(chosen),
         # set when the chosen configuration measured slower end to end and the original was returned
         "fallback": out.fallback,
+        # whether candidates were judged after end-to-end distillation, how many, and the final one
+        "distillation": out.distillation,
         "configurations": len(out.configurations),
         "device_measurements": out.device_measurements,
         "search_seconds": out.seconds,

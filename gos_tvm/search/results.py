@@ -33,6 +33,15 @@ class SearchOptions:
     population: int = 4
     repeat: int = 10                 # end-to-end timings
     seed: int = 0
+    # End-to-end distillation (`gos_tvm.fit.distill`) against the original model on the calibration
+    # inputs: a candidate whose layer-wise fit misses the budget is judged after a short
+    # distillation of its configuration, and the chosen configuration gets a longer one.
+    distill: bool = True
+    distill_steps: int = 60          # per judged configuration (0: layer-wise fitting only)
+    final_distill_steps: int = 300   # for the chosen configuration
+    distill_lr: float = 1e-2
+    distill_temperature: float = 4.0
+    distill_task: str = "auto"       # 'classification' (KL), 'regression' (MSE), 'auto': by output width
 
 
 @dataclass
@@ -94,6 +103,7 @@ class SearchOutcome:
     seconds: float
     device_measurements: int          # in the work directory's log, all runs
     new_measurements: list[str]       # keys measured by this process (a resumed run re-measures none)
+    distillation: dict = field(default_factory=dict)  # how candidates were distilled (see GOSearch)
 
 
 __all__ = ["SearchOptions", "Decision", "Candidate", "SearchOutcome", "Predict", "EvalFn"]

@@ -105,30 +105,41 @@ class GreedyLeastEfficientFirst(SearchStrategy):
             if "fit" not in info:
                 info["fit"] = search.fit_candidate(site_id, cand, choices)
                 search.save()
-            acc = search.score({**choices, site_id: ckey})
+            # The layer-wise fit is the cheap proxy; only a candidate it rejects is distilled, with
+            # the sites already replaced, against the original model.
+            variant = {**choices, site_id: ckey}
+            layerwise = acc = search.score(variant)
+            judged = "layer-wise fit"
+            if acc < floor and search.distills and opt.distill_steps > 0:
+                variant = search.distill_configuration(variant, opt.distill_steps)
+                if variant[site_id] != ckey:
+                    acc, judged = search.score(variant), f"distillation ({opt.distill_steps} steps)"
             ok = acc >= floor
             tried = {"candidate": ckey, "rule": cand.rule, "params": info["params"], "flops": cand.flops,
                      "rank": pos, "fit_rel_error": info["fit"]["rel_error"], "score": acc,
+                     "layerwise_score": layerwise, "judged_by": judged,
                      "verdict": "accurate" if ok else f"rejected: score {acc:.4f} below {floor:.4f}"}
             decision["tried"] = [t for t in decision["tried"] if t["candidate"] != ckey] + [tried]
             if ok:
-                accurate.append((pos, cand, ckey))
+                accurate.append((pos, cand, ckey, variant))
             return ok
 
         bisect_cheapest(len(ranking), attempt, opt.tries_per_site)
-        accurate = [(c, k) for _, c, k in sorted(accurate, key=lambda a: a[0])[: opt.measure_per_site]]
+        accurate = [(c, k, v) for _, c, k, v in sorted(accurate, key=lambda a: a[0])[: opt.measure_per_site]]
         if not accurate:
             decision["reason"] = (f"kept: none of the {len(decision['tried'])} candidates tried kept the "
                                   f"score within the budget")
             return
-        lat = search.kernel_latencies({ck: c.program for c, ck in accurate})
-        best, best_key = min(accurate, key=lambda cc: lat[cc[1]])
+        lat = search.kernel_latencies({ck: c.program for c, ck, _ in accurate})
+        best, best_key, best_variant = min(accurate, key=lambda cc: lat[cc[1]])
         for t in decision["tried"]:
             if t["candidate"] in lat:
                 t["latency_s"] = lat[t["candidate"]]
         if lat[best_key] < site_lat[site_id]:
-            choices[site_id] = best_key
-            decision.update(choice=best_key, rule=best.rule,
+            # The accepted configuration, with distilled weights where it was distilled (the keys of
+            # the sites replaced before change with it).
+            choices.update(best_variant)
+            decision.update(choice=best_variant[site_id], rule=best.rule,
                             reason=f"{best.rule}: {site_lat[site_id] / lat[best_key]:.2f}x faster kernel "
                                    f"({site_lat[site_id] * 1e6:.1f} -> {lat[best_key] * 1e6:.1f} us), "
                                    f"score {search.score({**choices}):.4f}")
