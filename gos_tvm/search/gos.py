@@ -37,6 +37,7 @@ from ..instructions import OpProgram, to_te
 from .cost_model import LatencyModel
 from .pareto import Configuration, pareto_front
 from .store import WorkDir
+from .validate import run_identity
 
 Predict = Callable[[np.ndarray], np.ndarray]
 EvalFn = Callable[[Predict], float]
@@ -95,10 +96,8 @@ class GOSearch:
         self.opt = options
         self.analysis = graph.analyze(mod, self.params)
         self.sites = {s.id: s for s in self.analysis.sites}
-        identity = {"model": _fingerprint(mod, self.params), "device": self.device.name,
-                    "target": str(self.device.target), "seed": options.seed}
-        if self.device.emulated:  # emulation timings must never be resumed as the board's
-            identity["emulated"] = True
+        identity = run_identity(_fingerprint(mod, self.params), self.device, options, self.calib, evaluate,
+                                accuracy_budget)
         self.store = WorkDir(work_dir, identity)
         self.state = self.store.load_state() or {"scores": {}, "candidates": {}, "decisions": {},
                                                  "configs": {}, "phase": "start"}
