@@ -267,9 +267,6 @@ def validate_tune_inputs(mod: Any, target: Any, *, params: Mapping[str, np.ndarr
         raise UserError(f"warm_start {os.fspath(warm_start)!r} is not a file: pass the cost_model.json of an "
                         "earlier work directory")
     calib = check_calib(calib_data)
-    if eval_fn is None:
-        x, y = check_val_data(val_data, calib.shape[1:])
-        eval_fn = classification_eval(x, y)
     device, addr = check_device(target, tracker, key)
 
     from .. import graph
@@ -289,5 +286,8 @@ def validate_tune_inputs(mod: Any, target: Any, *, params: Mapping[str, np.ndarr
                         "gos_tvm tunes models with one input")
     _, shape, dtype = inputs[0]
     calib = check_calib(calib, shape, dtype)
+    if eval_fn is None:
+        x, y = check_val_data(val_data, calib.shape[1:])
+        eval_fn = classification_eval(x, y)
     return {"device": device, "tracker": addr, "mod": mod, "params": params, "calib": calib,
             "eval_fn": eval_fn, "options": opts}
