@@ -110,6 +110,11 @@ def check_device(target: Any, tracker: Any = None, key: str | None = None, *,
     addr = parse_tracker(tracker)
     if key is not None and (not isinstance(key, str) or not key.strip()):
         raise UserError(f"the RPC key must be a non-empty string, got {key!r}")
+    if addr is None and not device.is_local and not device.emulated:
+        raise UserError(f"device {device.name!r} is not this machine: pass tracker=(host, port) of the RPC "
+                        "tracker its servers registered with (`--tracker HOST:PORT`, see rpc/README.md), or use "
+                        f"its emulated form (gos_tvm.hw.emulate.emulated_preset({device.name!r}), `--emulated` "
+                        "on the command line) where one exists")
     if not device.is_local:
         try:
             device.check_export()
@@ -130,11 +135,6 @@ def check_device(target: Any, tracker: Any = None, key: str | None = None, *,
         if not emulate.is_built(device.name):
             raise UserError(f"the emulated {device.name} is not built on this machine: build it once with "
                             f"`gos-tvm rpc emulate {device.name} --build-only` (needs root), or pass a tracker")
-    elif not device.is_local:
-        raise UserError(f"device {device.name!r} is not this machine: pass tracker=(host, port) of the RPC "
-                        "tracker its servers registered with (`--tracker HOST:PORT`, see rpc/README.md), or use "
-                        f"its emulated form (gos_tvm.hw.emulate.emulated_preset({device.name!r}), `--emulated` "
-                        "on the command line) where one exists")
     return device, None
 
 
