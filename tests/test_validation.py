@@ -444,3 +444,19 @@ def test_tracker_on_busy_ports_is_one_line(tmp_path):
         out = _run_cli(["rpc", "tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)])
     line = assert_one_line(out.stderr)
     assert out.returncode == 2 and f"cannot listen on 127.0.0.1 at any port in [{port}, {port + 1})" in line
+
+
+def test_read_report_explains_a_report_without_kernel_sum():
+    """`kernel_sum_s` is null when a kernel has no tuning record; the tutorial says so."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("read_report", ROOT / "tutorials" / "read_report.py")
+    read_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(read_report)
+    latency = {"median_s": 1e-3, "std_s": 1e-5, "kernel_sum_s": None}
+    report = {"device": {"preset": "local", "label": "cpu"}, "original": {"latency": latency, "score": 0.9},
+              "adapted": {"latency": {**latency, "kernel_sum_s": 5e-4}, "score": 0.9}, "speedup": 1.0,
+              "accuracy_budget": 0.01, "decisions": [], "search_seconds": 1.0, "device_measurements": 2,
+              "configurations": 1, "pareto": [], "chosen": {"choices": {}}}
+    text = "\n".join(read_report.explain(report))
+    assert "original kernel_sum n/a" in text and "adapted kernel_sum 0.500 ms" in text
