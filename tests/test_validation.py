@@ -460,3 +460,34 @@ def test_read_report_explains_a_report_without_kernel_sum():
               "configurations": 1, "pareto": [], "chosen": {"choices": {}}}
     text = "\n".join(read_report.explain(report))
     assert "original kernel_sum n/a" in text and "adapted kernel_sum 0.500 ms" in text
+
+
+def test_a_tuning_database_cut_mid_record_opens_again(tmp_path):
+    """TVM refuses a JSON database whose last record a kill cut short; the work directory drops
+    that record when it is opened again (it is tuned again), keeping the complete ones."""
+    import tvm
+    from tvm import te
+    from tvm.s_tir import Schedule
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    from gos_tvm.hw import open_database
+
+    a = te.placeholder((16,), name="a")
+    mod = tvm.IRModule({"main": te.create_prim_func([a, te.compute((16,), lambda i: a[i] * 2.0, name="b")])})
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
+    ident = {"model": "m", "device": "local"}
+    store = WorkDir(tmp_path / "w", ident)
+    db = open_database(str(store.database_dir / "kernels"))
+    workload = db.commit_workload(mod)
+    for secs in (1e-3, 2e-3):
+        db.commit_tuning_record(TuningRecord(Schedule(mod).trace, workload, [secs], target,
+                                             ArgInfo.from_prim_func(mod["main"])))
+    records = tmp_path / "w" / "database" / "kernels" / "database_tuning_record.json"
+    data = records.read_bytes()
+    records.write_bytes(data[:-15])  # killed in the middle of the second record
+    with pytest.raises(Exception, match="Unexpected end of string"):
+        open_database(str(tmp_path / "w" / "database" / "kernels"))
+    again = WorkDir(tmp_path / "w", ident)
+    reopened = open_database(str(again.database_dir / "kernels"))
+    assert [r.run_secs[0].value for r in reopened.get_all_tuning_records()] == [pytest.approx(1e-3)]

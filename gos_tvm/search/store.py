@@ -77,6 +77,10 @@ class WorkDir:
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         if not (self.path / "run.json").exists():
             write_json_atomic(self.path / "run.json", self.identity)
+        # MetaSchedule's JSON databases are appended line by line too, and TVM refuses to open one
+        # whose last line a kill cut short ("Unexpected end of string"): drop such a line.
+        for db_file in sorted((self.path / "database").glob("*/database_*.json")):
+            drop_torn_last_line(db_file)
         self._claimed = True
 
     # --- identity -------------------------------------------------------------------
@@ -167,6 +171,19 @@ class WorkDir:
             return None
         with np.load(path) as data:
             return {k: data[k] for k in data.files}
+
+
+def drop_torn_last_line(path: Path) -> bool:
+    """Cut a line-per-record file back to its last complete line (a kill mid-append leaves the last
+    line without its newline).  Returns True if something was dropped (with a warning)."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return False
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+    _log.warning("%s: dropped a record cut short by a kill (%d bytes); it is tuned again", path, len(data) - keep)
+    return True
 
 
 def check_identity(path: str | os.PathLike, identity: Mapping[str, Any], *, partial: bool = False) -> None:
