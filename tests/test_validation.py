@@ -491,3 +491,16 @@ def test_a_tuning_database_cut_mid_record_opens_again(tmp_path):
     again = WorkDir(tmp_path / "w", ident)
     reopened = open_database(str(again.database_dir / "kernels"))
     assert [r.run_secs[0].value for r in reopened.get_all_tuning_records()] == [pytest.approx(1e-3)]
+
+
+def test_a_frontend_failure_keeps_its_message():
+    """TVM 0.27 has no tvm.error.TVMError: naming it in an except clause turned every frontend
+    failure that is not an AssertionError into AttributeError, hiding the real message."""
+    class BooleanMask(torch.nn.Module):
+        def forward(self, x):
+            y = x.clone()
+            y[x > 0] = 0.0
+            return y
+
+    with pytest.raises(graph.UnsupportedModelError, match="TVM's torch frontend failed on BooleanMask: .*IndexPut"):
+        graph.from_torch(BooleanMask(), torch.randn(1, 4))
