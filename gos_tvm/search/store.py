@@ -208,8 +208,10 @@ def check_identity(path: str | os.PathLike, identity: Mapping[str, Any], *, part
     diff = {k: (old.get(k), identity.get(k)) for k in sorted(keys) if old.get(k) != identity.get(k)}
     if diff:
         detail = "; ".join(f"{k}: {_short(a)} there, {_short(b)} now" for k, (a, b) in diff.items())
-        raise UserError(f"work_dir {path.parent} holds a search of another run ({detail}). Rerun with the same "
-                        "model, data, device, budget and options to resume; otherwise use a new work_dir "
+        older = (" It was written by an older gos_tvm that recorded less about its run, so it cannot be resumed."
+                 if "calib_data" not in old else "")
+        raise UserError(f"work_dir {path.parent} holds a search of another run ({detail}).{older} Rerun with the "
+                        "same model, data, device, budget and options to resume; otherwise use a new work_dir "
                         "(or delete this one to start over)")
 
 
