@@ -277,7 +277,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the tracker to ask (default TVM_TRACKER_HOST:TVM_TRACKER_PORT, else 127.0.0.1:9190)")
     # The older form, kept working (not listed): --host/--port, and --timeout for --tracker-timeout.
     q.add_argument("--host", default=os.environ.get("TVM_TRACKER_HOST", "127.0.0.1"), help=argparse.SUPPRESS)
-    q.add_argument("--port", type=int, default=int(os.environ.get("TVM_TRACKER_PORT", "9190")), help=argparse.SUPPRESS)
+    q.add_argument("--port", type=int, default=int(os.environ.get("TVM_TRACKER_PORT", "9190")),
+                   help=argparse.SUPPRESS)
     q.add_argument("--key", default=None, help="only this key (exit status 3 if it has no server)")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.add_argument("--tracker-timeout", "--timeout", dest="tracker_timeout", type=float, default=5.0,
