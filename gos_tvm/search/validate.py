@@ -19,9 +19,6 @@ import numpy as np
 
 from ..errors import UserError
 
-#: exit status of the command line for a user error (argparse uses 2 for bad arguments too)
-EXIT_USER_ERROR = 2
-
 
 # ----------------------------------------------------------------------------------- numbers
 
@@ -46,7 +43,8 @@ def check_float(name: str, value: Any, minimum: float, maximum: float = math.inf
     return float(value)
 
 
-#: the least value of each search option (see `SearchOptions`); None: no bound beyond its type
+#: the least value of each integer search option (see `SearchOptions`; max_flops_ratio is in (0, 1]).
+#: An option missing here is passed on unchecked.
 _OPTION_MINIMUM: dict[str, int] = {"trials": 1, "kernel_trials": 1, "max_sites": 0, "tries_per_site": 1,
                                    "measure_per_site": 1, "depth": 1, "fit_steps": 0, "calib_samples": 2,
                                    "generations": 0, "population": 1, "repeat": 1, "seed": 0}
@@ -63,7 +61,7 @@ def check_options(options: Mapping[str, Any]):
     for name, value in options.items():
         if name == "max_flops_ratio":
             check_float(name, value, 0.0, 1.0, min_exclusive=True)
-        else:
+        elif name in _OPTION_MINIMUM:
             check_int(name, value, _OPTION_MINIMUM[name], allow_none=name == "max_sites")
     return SearchOptions(**options)
 
