@@ -5,6 +5,7 @@ Public entry points are imported lazily (TVM and torch take seconds to import):
     from_torch, from_onnx   model import              (gos_tvm.graph)
     preset                  device target presets     (gos_tvm.hw)
     tune, TuneResult        the GOS search            (gos_tvm.search)
+    UserError               a bad argument or input   (gos_tvm.errors)
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ _LAZY = {
     "preset": "gos_tvm.hw",
     "tune": "gos_tvm.search",
     "TuneResult": "gos_tvm.search",
+    "UserError": "gos_tvm.errors",
 }
 
 

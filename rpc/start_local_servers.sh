@@ -18,4 +18,4 @@ for i in $(seq 1 "$N"); do
   echo $! >> "$PIDS"
 done
 sleep 1
-python -m gos_tvm.hw.rpc_cli query --host "${TRACKER%:*}" --port "${TRACKER##*:}" || true
+python -m gos_tvm.hw.rpc_cli query --tracker "$TRACKER" || true

@@ -158,7 +158,7 @@ def test_work_dir_of_another_model_is_refused_untouched(resumed):
     before = {p: p.read_bytes() for p in result.work_dir.iterdir() if p.is_file()}
     with pytest.raises(ValueError, match="holds a search of another run"):
         gos_tvm.tune(other, "local", calib_data=split.x_train[:8], val_data=(split.x_val, split.y_val),
-                     work_dir=result.work_dir, tracker=("127.0.0.1", 1))
+                     work_dir=result.work_dir)  # refused before a device pool is started
     after = {p: p.read_bytes() for p in result.work_dir.iterdir() if p.is_file()}
     assert before == after
 
@@ -174,7 +174,7 @@ def test_bad_arguments_get_clear_errors(tmp_path):
     # The CLI checks the device before it trains anything.
     out = subprocess.run([sys.executable, "-m", "gos_tvm.cli", "tune", "--target", "local", "--emulated",
                           "--work-dir", str(tmp_path / "cli")], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 1 and "no emulated device for 'local'; emulated devices: rasp3b-aarch64" in out.stderr
+    assert out.returncode == 2 and "no emulated device for 'local'; emulated devices: rasp3b-aarch64" in out.stderr
     assert not (tmp_path / "cli").exists()
 
 
@@ -204,7 +204,7 @@ def test_work_dir_identity_compares_every_key(tmp_path):
     from gos_tvm.search.store import WorkDir
 
     ident = {"model": "m", "device": "rasp3b-aarch64", "target": "t", "seed": 0}
-    WorkDir(tmp_path / "w", {**ident, "emulated": True})
+    WorkDir(tmp_path / "w", {**ident, "emulated": True}).claim()  # run.json is written by the first write
     before = (tmp_path / "w" / "run.json").read_text()
     with pytest.raises(ValueError, match="emulated: True there, None now"):
         WorkDir(tmp_path / "w", ident)

@@ -17,7 +17,7 @@ on the host and times them.  This tutorial shows both sides:
 **On the host**::
 
     gos-tvm rpc tracker --host 0.0.0.0 --port 9190 &
-    gos-tvm rpc query --port 9190          # the Pi must appear under key rasp3b (or rasp3b-aarch64)
+    gos-tvm rpc query --tracker 127.0.0.1:9190        # the Pi must appear under key rasp3b (or rasp3b-aarch64)
     python tutorials/deploy_rasp3b.py --tracker 127.0.0.1:9190 --preset rasp3b
 
 With ``--tracker``, ``gos_tvm.tune(mod, "rasp3b", tracker=...)`` tunes every candidate on
@@ -71,6 +71,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _configuration(result, name: str):
+    """The chosen configuration ('adapted') or the all-original one ('original') of a search."""
+    if name == "adapted":
+        return result.chosen
+    return next(c for c in result.configurations if not any(c.choices.values()))
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     work = Path(args.work_dir).resolve()
@@ -109,14 +116,16 @@ def main(argv=None) -> dict:
     # ------------------------------------------------------------------------------------------
     # Step 3: cross-compile original and adapted model for the Pi, on the host
     # ------------------------------------------------------------------------------------------
-    # With a board, ``result.export_library`` applies the schedules tuned on the Pi. Without one
-    # the tuned schedules are x86 schedules, which do not transfer: compile with TVM's defaults.
+    # With a board, ``result.export_library`` applies the schedules tuned on the Pi to both models
+    # (the same budget each: timing a default-schedule original against the tuned adapted model
+    # would credit the tuning to GOS). Without one the tuned schedules are x86 schedules, which do
+    # not transfer: both are compiled with TVM's default schedules.
     libs = {}
     for name, (m, p) in {"original": (result.original_mod, result.original_params),
                          "adapted": (result.mod, result.params)}.items():
         path = work / f"{name}_{board.name}.so"
-        if args.tracker and name == "adapted":
-            result.export_library(path)
+        if args.tracker:
+            result.export_library(path, _configuration(result, name))
         else:
             graph.export_library(graph.compile_module(m, p, board), path, board)
         machine = graph.elf_machine(path)

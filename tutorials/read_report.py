@@ -39,6 +39,11 @@ def find_report(work: Path) -> Path | None:
     return found[0] if found else None
 
 
+def _ms(seconds) -> str:
+    """Seconds as milliseconds; `kernel_sum_s` is null when a kernel has no tuning record."""
+    return "n/a (a kernel without a tuning record)" if seconds is None else f"{seconds * 1e3:.3f} ms"
+
+
 def explain(report: dict) -> list[str]:
     """The report as readable lines (what a reviewer should look at, in order)."""
     dev, o, a = report["device"], report["original"], report["adapted"]
@@ -54,8 +59,8 @@ def explain(report: dict) -> list[str]:
              f"(budget: at most {100 * report['accuracy_budget']:.1f} points lost)",
              "   `kernel_sum_s` is what the tuning database's best records add up to; when it is far below",
              "   median_s, time goes outside the tuned kernels (VM overhead, untuned ops).",
-             f"   original kernel_sum {o['latency'].get('kernel_sum_s', float('nan')) * 1e3:.3f} ms, "
-             f"adapted kernel_sum {a['latency'].get('kernel_sum_s', float('nan')) * 1e3:.3f} ms",
+             f"   original kernel_sum {_ms(o['latency'].get('kernel_sum_s'))}, "
+             f"adapted kernel_sum {_ms(a['latency'].get('kernel_sum_s'))}",
              "",
              "2. Per site, most costly first: what GOS did and why"]
     for d in sorted(report["decisions"], key=lambda d: -(d.get("share") or 0)):

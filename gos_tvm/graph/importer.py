@@ -124,7 +124,9 @@ def from_torch(model: Any, example_inputs: Any, *,
             raise UnsupportedModelError(f"TVM's torch frontend failed on {type(model).__name__}: {err}") from err
         raise UnsupportedModelError(
             f"{type(model).__name__} uses operator(s) that TVM's torch frontend cannot convert: {ops}") from err
-    except (NotImplementedError, KeyError, ValueError, TypeError, tvm.error.TVMError) as err:
+    # TVM 0.27 has no tvm.error.TVMError: its FFI errors arrive as RuntimeError (or a builtin type
+    # named by the C++ error kind, e.g. ValueError, TypeError, IndexError, AttributeError).
+    except (NotImplementedError, KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as err:
         raise UnsupportedModelError(
             f"TVM's torch frontend failed on {type(model).__name__}: {type(err).__name__}: "
             f"{_first_lines(str(err))}") from err
@@ -161,7 +163,16 @@ def from_onnx(path_or_model: Any, shape_dict: dict[str, Sequence[int]] | None = 
     from tvm.relax.frontend.onnx import from_onnx as _from_onnx
 
     if isinstance(path_or_model, (str, os.PathLike)):
-        model = onnx.load(os.fspath(path_or_model))
+        path = os.fspath(path_or_model)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ONNX model {path!r}: no such file")
+        try:
+            model = onnx.load(path)
+            if not model.graph.node:
+                raise ValueError("the file holds no graph (empty or not an ONNX model)")
+        except Exception as err:  # noqa: BLE001 - protobuf raises DecodeError and others
+            raise UnsupportedModelError(f"{path} is not a readable ONNX model: {type(err).__name__}: "
+                                        f"{_first_lines(str(err), 2)}") from None
     elif isinstance(path_or_model, onnx.ModelProto):
         model = path_or_model
     else:

@@ -174,6 +174,8 @@ def preset(name: str, *, key: str | None = None, num_cores: int | None = None) -
         raise ValueError(f"unknown device preset {name!r}; the presets are: {', '.join(PRESET_NAMES)}")
     if num_cores is not None and name != "local":
         raise ValueError(f"num_cores can only be overridden for 'local' (preset {name!r} has a fixed core count)")
+    if num_cores is not None and (isinstance(num_cores, bool) or not isinstance(num_cores, int) or num_cores < 1):
+        raise ValueError(f"num_cores must be an integer >= 1 (cores of this machine to tune for), got {num_cores!r}")
     p = _local(num_cores) if name == "local" else _PRESETS[name]()
     return p.with_key(key) if key else p
 

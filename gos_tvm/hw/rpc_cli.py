@@ -2,7 +2,14 @@
 
     gos-tvm rpc tracker --host 0.0.0.0 --port 9190
     gos-tvm rpc server  --tracker 192.168.1.10:9190 --key rasp3b        # on the device
-    gos-tvm rpc query   --host 192.168.1.10 --port 9190
+    gos-tvm rpc query   --tracker 192.168.1.10:9190
+
+Flag names: a tracker to talk to is always `--tracker HOST:PORT`, and the wait for it always
+`--tracker-timeout`.  `tracker` and `server` bind with `--host/--port/--port-end`,
+`--custom-addr`, `--load-library`, `--no-fork`, `--silent` as TVM's own
+`python -m tvm.exec.rpc_tracker` / `rpc_server` do (the names are kept so TVM's docs apply).
+Errors are one line on stderr: exit status 2 for a bad argument, 1 when the tracker or device
+cannot be reached (`rpc query --key` without a server: 3; `rpc emulate` unable to build: 4).
 
 TVM is imported inside the handlers only (`gos-tvm --help` stays fast).  Also runnable without the
 rest of the CLI as `python -m gos_tvm.hw.rpc_cli ...` (which is how `LocalDevicePool` starts its
@@ -11,14 +18,37 @@ processes).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
+
+from ..errors import UserError
 
 
 def _port_end(port: int, port_end: int | None) -> int:
     # TVM's own scripts default --port-end to 9199, so any --port above it fails to bind.
     return port_end if port_end is not None and port_end > port else port + 10
+
+
+def _tracker_addr(value: str | None, flag: str = "--tracker") -> tuple[str, int]:
+    host, _, port = (value or "").strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"{flag} must be HOST:PORT (e.g. 127.0.0.1:9190), got {value!r}")
+    return host, int(port)
+
+
+def _positive(flag: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise UserError(f"{flag} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _check_ports(args: argparse.Namespace) -> None:
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be 1..65535, got {args.port}")
+    if args.port_end is not None and not args.port < args.port_end <= 65536:
+        raise UserError(f"--port-end must be above --port {args.port} and at most 65536, got {args.port_end}")
 
 
 def _install_sigterm() -> None:
@@ -49,11 +79,17 @@ def run_tracker(args: argparse.Namespace) -> int:
 
     from tvm.rpc import tracker as tvm_tracker
 
+    _check_ports(args)
     logging.basicConfig(level=logging.WARNING if args.silent else logging.INFO)
     _install_sigterm()
     # Serve in this process (TVM's Tracker class would start a second Python process for it).
-    port, _ = tvm_tracker._popen_start_tracker_server(  # noqa: SLF001 - what tvm.rpc.Tracker runs
-        args.host, args.port, _port_end(args.port, args.port_end), args.silent)
+    end = _port_end(args.port, args.port_end)
+    try:
+        port, _ = tvm_tracker._popen_start_tracker_server(  # noqa: SLF001 - what tvm.rpc.Tracker runs
+            args.host, args.port, end, args.silent)
+    except (ValueError, OSError) as err:
+        raise UserError(f"cannot listen on {args.host} at any port in [{args.port}, {end}) ({err}): another "
+                        "tracker may hold them; choose another --port (and --port-end)") from None
     print(f"RPC tracker listening on {args.host}:{port}", flush=True)
     return _serve_forever(tvm_tracker.PopenTrackerServerState.current.thread)
 
@@ -100,30 +136,28 @@ def run_server(args: argparse.Namespace) -> int:
 
     from .tracker import DeviceUnavailableError, connect_tracker_socket
 
+    _check_ports(args)
+    wait = _positive("--tracker-timeout", args.tracker_timeout)
     logging.basicConfig(level=logging.WARNING if args.silent else logging.INFO)
     tracker_addr = None
     if args.tracker:
-        host, _, port = args.tracker.rpartition(":")
-        if not host or not port.isdigit():
-            print(f"error: --tracker must be HOST:PORT, got {args.tracker!r}", file=sys.stderr)
-            return 2
-        tracker_addr = (host, int(port))
+        tracker_addr = _tracker_addr(args.tracker)
         if not args.key:
-            print("error: --key is required with --tracker (the device kind the server registers as)",
-                  file=sys.stderr)
-            return 2
+            raise UserError("--key is required with --tracker (the device kind the server registers as)")
         # Wait a bounded time for the tracker (it may be starting too), then fail clearly instead
         # of TVM's silent 60 s retry loop inside its server process.
         import time
 
-        deadline = time.monotonic() + args.tracker_timeout
+        deadline = time.monotonic() + wait
         while True:
             try:
                 connect_tracker_socket(*tracker_addr, timeout=max(0.5, min(5.0, deadline - time.monotonic()))).close()
                 break
             except DeviceUnavailableError as err:
                 if time.monotonic() >= deadline:
-                    print(f"error: {err}", file=sys.stderr)
+                    # The last attempt's own wait is not the whole story: say how long we tried.
+                    print(f"error: RPC tracker at {args.tracker} did not answer within --tracker-timeout "
+                          f"{wait:g} s (last attempt: {err})", file=sys.stderr)
                     return 1
                 time.sleep(0.25)
     _install_sigterm()
@@ -144,8 +178,13 @@ def run_query(args: argparse.Namespace) -> int:
 
     from .tracker import DeviceUnavailableError, query_tracker
 
+    wait = _positive("--tracker-timeout", args.tracker_timeout)
+    if args.tracker:
+        host, port = _tracker_addr(args.tracker)
+    else:  # the older --host/--port form
+        host, port = _tracker_addr(f"{args.host}:{args.port}", "--host/--port")
     try:
-        status = query_tracker(args.host, args.port, timeout=args.timeout)
+        status = query_tracker(host, port, timeout=wait)
     except DeviceUnavailableError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -163,8 +202,17 @@ def run_emulate(args: argparse.Namespace) -> int:
     import time
 
     from .emulate import EmulatedDeviceError, build_emulated_device, default_key, start_emulated_server
-    from .tracker import DeviceUnavailableError
+    from .tracker import DeviceUnavailableError, query_tracker
 
+    _positive("--startup-timeout", args.startup_timeout)
+    if not args.build_only:
+        # The tracker first: building the device (binfmt, a debootstrap download as root) takes minutes.
+        host, port = _tracker_addr(args.tracker)
+        try:
+            query_tracker(host, port, timeout=5.0)
+        except DeviceUnavailableError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     try:
         root = build_emulated_device(args.device, args.root, rebuild=args.rebuild)
     except (EmulatedDeviceError, ValueError) as err:
@@ -173,10 +221,6 @@ def run_emulate(args: argparse.Namespace) -> int:
     if args.build_only:
         print(f"emulated device {args.device} built in {root}")
         return 0
-    host, _, port = (args.tracker or "").rpartition(":")
-    if not host or not port.isdigit():
-        print(f"error: --tracker must be HOST:PORT, got {args.tracker!r}", file=sys.stderr)
-        return 2
     key = args.key or default_key(args.device)
     _install_sigterm()
     try:
@@ -229,11 +273,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_server)
 
     q = sub.add_parser("query", help="show what a tracker holds: servers, keys, free and busy counts")
-    q.add_argument("--host", default=os.environ.get("TVM_TRACKER_HOST", "127.0.0.1"))
-    q.add_argument("--port", type=int, default=int(os.environ.get("TVM_TRACKER_PORT", "9190")))
+    q.add_argument("--tracker", metavar="HOST:PORT", default=None,
+                   help="the tracker to ask (default TVM_TRACKER_HOST:TVM_TRACKER_PORT, else 127.0.0.1:9190)")
+    # The older form, kept working (not listed): --host/--port, and --timeout for --tracker-timeout.
+    q.add_argument("--host", default=os.environ.get("TVM_TRACKER_HOST", "127.0.0.1"), help=argparse.SUPPRESS)
+    q.add_argument("--port", type=int, default=int(os.environ.get("TVM_TRACKER_PORT", "9190")),
+                   help=argparse.SUPPRESS)
     q.add_argument("--key", default=None, help="only this key (exit status 3 if it has no server)")
     q.add_argument("--json", action="store_true", help="print JSON")
-    q.add_argument("--timeout", type=float, default=5.0, help="seconds before an unreachable tracker is an error")
+    q.add_argument("--tracker-timeout", "--timeout", dest="tracker_timeout", type=float, default=5.0,
+                   help="seconds before an unreachable tracker is an error (default 5)")
     q.set_defaults(func=run_query)
 
     e = sub.add_parser("emulate", help="build (once, as root) and serve an emulated device (qemu-user) under a tracker; "
@@ -252,14 +301,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gos_tvm.hw.rpc_cli")
+    from ..cli import OneLineParser, run_command
+
+    parser = OneLineParser(prog="python -m gos_tvm.hw.rpc_cli")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] != "rpc":
         argv = ["rpc", *argv]
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    return run_command(args.func, args, debug)
 
 
 if __name__ == "__main__":

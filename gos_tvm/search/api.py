@@ -117,21 +117,11 @@ class TuneResult:
         return "\n".join(lines)
 
 
-def _classification_eval(val_data: tuple[np.ndarray, np.ndarray]) -> EvalFn:
-    x, y = (np.asarray(a) for a in val_data)
-
-    def evaluate(predict: Predict) -> float:
-        return float((predict(x).argmax(-1) == y).mean())
-
-    return evaluate
-
-
 @contextlib.contextmanager
 def _device_pool(tracker, key: str | None, device):
     """The given tracker, or a local tracker and server on loopback started for this run."""
     if tracker is not None:
-        host, port = tracker if not isinstance(tracker, str) else (tracker.rsplit(":", 1)[0],
-                                                                   int(tracker.rsplit(":", 1)[1]))
+        host, port = tracker  # (host, port), checked by validate_tune_inputs
         from ..hw import require_servers
 
         k = key or device.key
@@ -181,7 +171,10 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
             server on loopback (the local device, or an emulated preset's qemu server).
         trials: MetaSchedule trials for each whole model (the original and the adapted, same budget).
         kernel_trials: trials for each site's and each candidate's kernel.
-        work_dir: where everything is kept; rerunning with the same arguments resumes.
+        work_dir: where everything is kept; rerunning with the same arguments resumes.  A work
+            directory of another run (another model, calibration or validation data, device,
+            accuracy budget or option, e.g. a larger `trials`) is refused untouched: tune with
+            other settings in a new work_dir (`warm_start` can reuse the old cost_model.json).
         strategies: the search strategies, run in order (default: greedy least-efficient-first, then
             evolution; `gos_tvm.search.strategies`).
         latency_model: the program-level latency model that ranks candidates (default: the
@@ -194,31 +187,20 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
             max_flops_ratio, depth, fit_steps, calib_samples, generations, population, repeat;
             distillation: distill (default True; False keeps layer-wise fitting only), distill_steps,
             final_distill_steps, distill_lr, distill_temperature, distill_task).
+
+    Raises:
+        UserError (a ValueError) naming the bad argument, before any work starts or anything
+        is written to `work_dir`.
     """
-    from .. import graph
-    from ..hw import resolve_preset
+    from .validate import validate_tune_inputs
 
-    device = resolve_preset(target)
-    if eval_fn is None:
-        if val_data is None:
-            raise ValueError("give val_data=(x, y) for classification accuracy, or eval_fn(predict) -> score")
-        eval_fn = _classification_eval(val_data)
-    if not 0 <= accuracy_budget < float("inf"):
-        raise ValueError(f"accuracy_budget must be >= 0, got {accuracy_budget}")
-    calib = np.asarray(calib_data, dtype="float32")
-    if calib.ndim < 2 or len(calib) < 2:
-        raise ValueError(f"calib_data must be a batch of model inputs (N, ...) with N >= 2, got shape {calib.shape}")
-    if hasattr(mod, "state_dict") and hasattr(mod, "forward"):  # a torch module
-        import torch
-
-        example = example_inputs if example_inputs is not None else torch.from_numpy(calib[:1])
-        mod, params = graph.from_torch(mod.eval(), example)
-    elif params is None:
-        params = {}
-    unknown = set(options) - set(SearchOptions.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"unknown option(s) {sorted(unknown)}; options are {list(SearchOptions.__dataclass_fields__)}")
-    opts = SearchOptions(trials=trials, kernel_trials=kernel_trials, seed=seed, **options)
+    # Everything is checked before any work starts (UserError names the bad value).
+    checked = validate_tune_inputs(mod, target, params=params, calib_data=calib_data, val_data=val_data,
+                                   eval_fn=eval_fn, accuracy_budget=accuracy_budget, tracker=tracker, key=key,
+                                   options=dict(trials=trials, kernel_trials=kernel_trials, seed=seed, **options),
+                                   example_inputs=example_inputs, warm_start=warm_start)
+    device, tracker, mod, params, calib, eval_fn, opts = (checked[k] for k in (
+        "device", "tracker", "mod", "params", "calib", "eval_fn", "options"))
 
     # The work directory is checked (a different model or device is refused) before any device starts.
     search = GOSearch(mod, params, device, calib_data=calib, evaluate=eval_fn, accuracy_budget=accuracy_budget,

@@ -7,7 +7,9 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="adapt a model to a device by Grassroots Operator Search",
                        description="Train (or load) a model, search cheaper operators for it, tune and measure "
-                                   "original and adapted model on the device over TVM RPC, write a report.")
+                                   "original and adapted model on the device over TVM RPC, write a report. "
+                                   "Arguments, data and device are checked first: a mistake is one line on stderr "
+                                   "and exit status 2, and the work directory is left as it was.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default="digits-cnn",
                      help="a built-in model, trained here on --dataset: digits-cnn (default), "
@@ -23,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="measure on the emulated board (qemu-user on this host, built once with "
                         "`gos-tvm rpc emulate TARGET --build-only`); timings are emulation timings, not board "
                         "timings")
-    p.add_argument("--tracker", help="RPC tracker host:port (default: start one with a server on loopback)")
+    p.add_argument("--tracker", metavar="HOST:PORT",
+                   help="the RPC tracker the device's servers registered with (default: start one with a server "
+                        "on loopback)")
     p.add_argument("--key", help="RPC key of the device (default: the preset's)")
     p.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per whole model (default 64)")
     p.add_argument("--kernel-trials", type=int, default=16, help="trials per site/candidate kernel (default 16)")
@@ -40,10 +44,16 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .. import graph, models
-    from .api import tune
+    from .validate import UserError, check_device, check_float, check_int, check_options
 
-    # The device first: a wrong --target fails before a model is trained.
+    # Everything that can be checked without the model, first: a wrong --target, --tracker or budget
+    # fails in seconds, before a model is trained or anything is written to the work directory.
+    for flag, value, least in (("--trials", args.trials, 1), ("--kernel-trials", args.kernel_trials, 1),
+                               ("--max-sites", args.max_sites, 0), ("--seed", args.seed, 0)):
+        check_int(flag, value, least, allow_none=flag == "--max-sites")
+    check_float("--budget", args.budget, 0.0)
+    opts = check_options(dict(trials=args.trials, kernel_trials=args.kernel_trials, max_sites=args.max_sites,
+                              seed=args.seed))
     target = args.target
     if args.emulated:
         from ..hw import emulate
@@ -51,20 +61,43 @@ def run(args: argparse.Namespace) -> int:
         try:
             target = emulate.emulated_preset(args.target, key=args.key)
         except ValueError as err:
-            raise SystemExit(f"error: --emulated --target {args.target}: {err}") from None
+            raise UserError(f"--emulated --target {args.target}: {err}") from None
+    device, _ = check_device(target, args.tracker, args.key)
+    from .store import check_identity
+
+    # What this run is, as far as known before the model: a work directory of another run is refused
+    # before a model is trained into it (the rest -- model, data -- is compared by tune()).
+    known = {"device": device.name, "target": str(device.target), "accuracy_budget": float(args.budget),
+             **vars(opts), **({"emulated": True} if device.emulated else {})}
+    check_identity(args.work_dir, known, partial=True)
+
     if args.onnx and args.dataset:
-        raise SystemExit("error: --dataset chooses the data of a built-in --model; with --onnx give --data FILE.npz")
+        raise UserError("--dataset chooses the data of a built-in --model; with --onnx give --data FILE.npz")
+    from .. import graph, models
+    from .api import tune
+
     if args.onnx:
         if not args.data:
-            raise SystemExit("--onnx needs --data FILE.npz with arrays x_calib, x_val, y_val")
-        data = np.load(args.data)
-        missing = {"x_calib", "x_val", "y_val"} - set(data.files)
+            raise UserError("--onnx needs --data FILE.npz with arrays x_calib, x_val, y_val")
+        for flag, path in (("--onnx", args.onnx), ("--data", args.data)):
+            if not Path(path).is_file() or Path(path).stat().st_size == 0:
+                raise UserError(f"{flag} {path}: {'no such file' if not Path(path).is_file() else 'the file is empty'}")
+        try:
+            data = np.load(args.data)
+            files = list(data.files)
+        except Exception as err:  # noqa: BLE001 - numpy raises several types for a non-.npz file
+            raise UserError(f"--data {args.data} is not a .npz archive ({type(err).__name__}: {err}); write it with "
+                            "numpy.savez(path, x_calib=..., x_val=..., y_val=...)") from None
+        missing = {"x_calib", "x_val", "y_val"} - set(files)
         if missing:
-            raise SystemExit(f"{args.data} lacks {sorted(missing)} (has {data.files})")
+            raise UserError(f"--data {args.data} lacks {sorted(missing)} (has {files}); it needs x_calib, x_val, y_val")
         mod, params = graph.from_onnx(args.onnx)
         calib, val = data["x_calib"], (data["x_val"], data["y_val"])
         print(f"model: {args.onnx}")
     else:
+        if args.model not in models.MODELS:
+            raise UserError(f"--model {args.model!r} is not a built-in model; the models are: "
+                            f"{', '.join(models.MODELS)} (or pass --onnx FILE --data FILE.npz)")
         from ..datasets import DatasetNotFound, describe
 
         dataset = args.dataset or "digits"
@@ -72,14 +105,13 @@ def run(args: argparse.Namespace) -> int:
             model, split = models.trained_model(args.model, Path(args.work_dir) / "models", seed=args.seed,
                                                 dataset=dataset)
         except DatasetNotFound as err:
-            raise SystemExit(f"error: --dataset {dataset}: {err}") from None
+            raise UserError(f"--dataset {dataset}: {err}") from None
         print(f"model: {args.model}, trained on {describe(dataset)} "
               f"(validation accuracy in torch {models.accuracy(model, split.x_val, split.y_val):.4f})")
         mod, params = graph.from_torch(model, __import__("torch").from_numpy(split.x_train[:1]))
         calib, val = split.x_train, (split.x_val, split.y_val)
-    tracker = args.tracker
     result = tune(mod, target, params=params, calib_data=calib, val_data=val, accuracy_budget=args.budget,
-                  tracker=tracker, key=args.key, trials=args.trials, kernel_trials=args.kernel_trials,
+                  tracker=args.tracker, key=args.key, trials=args.trials, kernel_trials=args.kernel_trials,
                   work_dir=args.work_dir, seed=args.seed, max_sites=args.max_sites)
     print(result.summary())
     print(f"report: {result.report_path}\nPareto plot: {result.plot_path}")

@@ -36,6 +36,7 @@ from .pareto import Configuration, choose, pareto_front
 from .results import Candidate, Decision, EvalFn, SearchOptions, SearchOutcome
 from .store import WorkDir
 from .strategies import SearchStrategy, config_key, default_strategies
+from .validate import run_identity
 
 
 class GOSearch:
@@ -63,10 +64,8 @@ class GOSearch:
         self.opt = options
         self.analysis = graph.analyze(mod, self.params)
         self.sites = {s.id: s for s in self.analysis.sites}
-        identity = {"model": fingerprint(mod, self.params), "device": self.device.name,
-                    "target": str(self.device.target), "seed": options.seed}
-        if self.device.emulated:  # emulation timings must never be resumed as the board's
-            identity["emulated"] = True
+        identity = run_identity(fingerprint(mod, self.params), self.device, options, self.calib, evaluate,
+                                accuracy_budget)
         self.store = WorkDir(work_dir, identity)
         self.state = self.store.load_state() or {"scores": {}, "candidates": {}, "decisions": {},
                                                  "configs": {}, "phase": "start"}
