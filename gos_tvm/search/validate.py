@@ -47,7 +47,8 @@ def check_float(name: str, value: Any, minimum: float, maximum: float = math.inf
 #: An option missing here is passed on unchecked.
 _OPTION_MINIMUM: dict[str, int] = {"trials": 1, "kernel_trials": 1, "max_sites": 0, "tries_per_site": 1,
                                    "measure_per_site": 1, "depth": 1, "fit_steps": 0, "calib_samples": 2,
-                                   "generations": 0, "population": 1, "repeat": 1, "seed": 0}
+                                   "generations": 0, "population": 1, "repeat": 1, "seed": 0,
+                                   "distill_steps": 0, "final_distill_steps": 0}
 
 
 def check_options(options: Mapping[str, Any]):
@@ -61,6 +62,10 @@ def check_options(options: Mapping[str, Any]):
     for name, value in options.items():
         if name == "max_flops_ratio":
             check_float(name, value, 0.0, 1.0, min_exclusive=True)
+        elif name in ("distill_lr", "distill_temperature"):
+            check_float(name, value, 0.0, float("inf"), min_exclusive=True)
+        elif name == "distill_task" and value not in ("auto", "classification", "regression"):
+            raise UserError(f"distill_task must be 'auto', 'classification' or 'regression', got {value!r}")
         elif name in _OPTION_MINIMUM:
             check_int(name, value, _OPTION_MINIMUM[name], allow_none=name == "max_sites")
     return SearchOptions(**options)
