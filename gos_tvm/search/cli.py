@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-sites", type=int, default=None, help="replace at most this many sites")
     p.add_argument("--work-dir", default="gos_work", help="work directory (rerun to resume; default gos_work)")
     p.add_argument("--export", help="write the adapted model's shared library here")
+    p.add_argument("--no-distill", dest="distill", action="store_false",
+                   help="judge candidates by their layer-wise fit only (default: a candidate that misses the "
+                        "budget is judged again after distilling its configuration end to end)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         check_int(flag, value, least, allow_none=flag == "--max-sites")
     check_float("--budget", args.budget, 0.0)
     opts = check_options(dict(trials=args.trials, kernel_trials=args.kernel_trials, max_sites=args.max_sites,
+                              distill=args.distill,
                               seed=args.seed))
     target = args.target
     if args.emulated:
@@ -112,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         calib, val = split.x_train, (split.x_val, split.y_val)
     result = tune(mod, target, params=params, calib_data=calib, val_data=val, accuracy_budget=args.budget,
                   tracker=args.tracker, key=args.key, trials=args.trials, kernel_trials=args.kernel_trials,
-                  work_dir=args.work_dir, seed=args.seed, max_sites=args.max_sites)
+                  work_dir=args.work_dir, seed=args.seed, max_sites=args.max_sites, distill=args.distill)
     print(result.summary())
     print(f"report: {result.report_path}\nPareto plot: {result.plot_path}")
     if args.export:

@@ -1,0 +1,80 @@
+"""Distillation inside the search, on the fake device (latencies from a formula; fitting, distillation
+and every accuracy check are real: TVM-compiled configurations scored on held-out digits)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gos_tvm import graph, models
+from gos_tvm.search import FakeMeasurer, GOSearch, SearchOptions
+from gos_tvm.search.adapt import build_adapted, predictor
+from gos_tvm.search.validate import classification_eval
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 32, 3, padding=1)
+        self.fc = torch.nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    split = models.digits(size=8)
+    torch.manual_seed(0)
+    net = models.train(TinyNet(), split, epochs=6)
+    mod, params = graph.from_torch(net, torch.from_numpy(split.x_train[:1]))
+    return mod, params, split
+
+
+def _search(trained, work, distill: bool) -> GOSearch:
+    mod, params, split = trained
+    # Cheap candidates (<= 30% of a site's FLOPs) with a short layer-wise fit: some miss the budget.
+    opts = SearchOptions(max_sites=2, tries_per_site=2, measure_per_site=1, fit_steps=10, calib_samples=192,
+                         generations=0, kernel_trials=1, trials=1, max_flops_ratio=0.3, distill=distill,
+                         distill_steps=40, final_distill_steps=80)
+    return GOSearch(mod, params, "local", calib_data=split.x_train,
+                    evaluate=classification_eval(split.x_val, split.y_val), accuracy_budget=0.02, work_dir=work,
+                    options=opts, measurer=FakeMeasurer())
+
+
+def test_candidates_rejected_by_their_layerwise_fit_are_judged_after_distillation(trained, tmp_path):
+    search = _search(trained, tmp_path, distill=True)
+    out = search.run()
+    tried = [t for d in out.decisions for t in d.tried]
+    assert tried
+    floor = out.original_score - 0.02
+    for t in tried:  # the layer-wise fit is the proxy; only what it rejects is distilled
+        expected = "layer-wise fit" if t["layerwise_score"] >= floor else "distillation (40 steps)"
+        assert t["judged_by"] == expected, t
+    judged = [t for t in tried if t["judged_by"].startswith("distillation")]
+    assert judged, "no candidate missed the budget by its layer-wise fit: the test does not exercise distillation"
+    assert any(t["score"] > t["layerwise_score"] for t in judged), judged  # distillation recovers accuracy
+    assert out.distillation["enabled"] and out.distillation["task"] == "classification"
+    assert out.distillation["candidates_judged_by_distillation"] == len(judged)
+    # The score reported for the chosen configuration is the score of the weights handed back.
+    chosen = [out.candidates[c] for c in out.chosen.choices.values() if c is not None]
+    mod, params = build_adapted(search.mod, search.params, chosen)
+    _, _, split = trained
+    score = classification_eval(split.x_val, split.y_val)(predictor(graph.load_vm(graph.compile_module(mod, params))))
+    assert score == pytest.approx(out.adapted_score)
+    assert out.adapted_score >= floor
+    for d in out.decisions:  # decisions name the keys of the chosen configuration
+        if out.chosen.choices.get(d.site):
+            assert d.choice == out.chosen.choices[d.site]
+
+
+def test_distill_false_keeps_layerwise_fitting_only(trained, tmp_path):
+    out = _search(trained, tmp_path, distill=False).run()
+    assert all(t["judged_by"] == "layer-wise fit" for d in out.decisions for t in d.tried)
+    assert not out.distillation["enabled"] and out.distillation["runs"] == 0
+    assert not (tmp_path / "distill").exists()
+    assert all("~" not in c for c in out.chosen.choices.values() if c)  # no distilled weight variants
+    assert np.isfinite(out.adapted_score)
