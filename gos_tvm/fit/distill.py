@@ -176,8 +176,8 @@ def trainable_model(original: torch.nn.Module | tuple[Any, Mapping[str, np.ndarr
     ``graph.substitute(mod, params, replacements)``, whose only trainable parameters are the
     replacements' weights (`SiteModule`s), everything else frozen and in eval mode.
 
-    ``original`` is the torch module the model was imported from (a copy of it with the
-    submodule of each site id swapped), or the imported ``(mod, params)`` (run with PyTorch
+    ``original`` is the torch module the model was imported from (a copy of it, BatchNorm folded
+    as `from_torch` does, with the submodule of each site id swapped), or the imported ``(mod, params)`` (run with PyTorch
     operators by `gos_tvm.graph.torch_form.RelaxTorch`; for models from ONNX).
 
     Raises:
@@ -194,7 +194,12 @@ def trainable_model(original: torch.nn.Module | tuple[Any, Mapping[str, np.ndarr
         return model.eval()
     for site_id in replacements:
         _check_site_id(original, site_id)
-    model = copy.deepcopy(original).eval()
+    # BatchNorm folded into the layer before it, as `from_torch` imports the model: a site's program
+    # computes the folded layer, so it must replace the folded layer, not the one BatchNorm follows.
+    from ..graph.fold import fold_batchnorm
+
+    model, _ = fold_batchnorm(original)
+    model = (copy.deepcopy(original) if model is original else model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     for site_id, (program, weights) in replacements.items():
