@@ -346,7 +346,7 @@ class GOSearch:
             cands = space_candidates(site.program, depth=opt.depth, max_flops_ratio=opt.max_flops_ratio,
                                      include_original=False)
             if not cands:
-                decision["reason"] = "no candidate within the FLOP budget"
+                decision["reason"] = f"no candidate within the FLOP budget; per family: {cands.why_none()}"
                 done.add(site_id)
                 continue
             ranking, how = self.cost_model.rank([c.program for c in cands])
