@@ -41,8 +41,13 @@ from gos_tvm.space import candidates  # noqa: E402
 def depthwise_layers(model: torch.nn.Module, x: np.ndarray) -> list[tuple[str, torch.nn.Module, tuple, int]]:
     """(name, layer, input shape, FLOPs) of every depthwise Conv2d, most FLOPs first."""
     shapes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.setdefault(n, (tuple(i[0].shape), tuple(o.shape))))
-             for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+
+    def record(name: str):
+        def hook(module, inputs, output) -> None:  # returns None: the output is left alone
+            shapes[name] = (tuple(inputs[0].shape), tuple(output.shape))
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     with torch.no_grad():
         model(torch.from_numpy(x[:1]))
     for h in hooks:

@@ -561,7 +561,7 @@ def test_a_site_without_candidates_says_why_per_family():
     assert set(reasons) == set(RULES) and all(reasons.values())
     assert "depthwise" in reasons["channel_bottleneck"] and "not legal" in reasons["channel_bottleneck"]
     assert "needs 2" in reasons["cross_taps"]
-    assert "above the budget of 0.15x" in reasons["dilated_taps"] and "0.67x" in reasons["dilated_taps"]
+    assert "above the budget of 0.15x" in reasons["dilated_taps"] and "0.33x" in reasons["dilated_taps"]
     summary = cands.why_none()
     assert all(f"{name}: " in summary for name in RULES)
     # A family that did give candidates has no reason.
