@@ -87,17 +87,10 @@ def conv(b: Subgraph, x: str, out_channels: int, kernel: Sequence[int], stride: 
     return b.reshape(y, shape=(n, out_channels, *out_sp))
 
 
-def conv_at(b: Subgraph, x: str, out_channels: int, kernel: Sequence[int], stride: Sequence[int],
-            dilation: Sequence[int], start: Sequence[int], positions: Sequence[int], role: str,
-            groups: int = 1) -> str:
-    """Convolution whose first window starts at `start` of x's spatial axes (negative: in the
-    zero padding) and that has exactly `positions` windows per axis.
-
-    This is how a subset of a window's taps becomes its own convolution: the taps
-    ``offset + step*t`` of a window with dilation d read x from ``offset*d - pad_lo`` with
-    dilation ``step*d``.  The reach is made up by zero padding where it leaves x and by a
-    slice where it stays inside x.
-    """
+def _reach(b: Subgraph, x: str, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
+           start: Sequence[int], positions: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
+    """(x sliced where the windows stay inside it, the zero padding they need) so that windows
+    starting at `start` (negative: in the padding) give exactly `positions` windows per axis."""
     xs = b.shape(x)
     pads = []
     for a, (size, k, s, d, st, p) in enumerate(zip(xs[2:], kernel, stride, dilation, start, positions)):
@@ -109,27 +102,31 @@ def conv_at(b: Subgraph, x: str, out_channels: int, kernel: Sequence[int], strid
         if begin > 0 or end < size:
             x = b.slice(x, axis=2 + a, begin=begin, end=end)
         pads.append((lo, need - lo - (end - begin)))
+    return x, pads
+
+
+def conv_at(b: Subgraph, x: str, out_channels: int, kernel: Sequence[int], stride: Sequence[int],
+            dilation: Sequence[int], start: Sequence[int], positions: Sequence[int], role: str,
+            groups: int = 1) -> str:
+    """Convolution whose first window starts at `start` of x's spatial axes (negative: in the
+    zero padding) and that has exactly `positions` windows per axis.
+
+    This is how a subset of a window's taps becomes its own convolution: the taps
+    ``offset + step*t`` of a window with dilation d read x from ``offset*d - pad_lo`` with
+    dilation ``step*d``.  The reach is made up by zero padding where it leaves x and by a
+    slice where it stays inside x.
+    """
+    x, pads = _reach(b, x, kernel, stride, dilation, start, positions)
     return conv(b, x, out_channels, kernel, stride, dilation, pads, role, groups)
 
 
 def _window_at(b: Subgraph, x: str, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
                start: Sequence[int], positions: Sequence[int]) -> str:
     """The windows of x = (N, C, *S) whose first one starts at `start` (see `conv_at`)."""
-    xs = b.shape(x)
-    nsp = len(xs) - 2
-    pads = []
-    for a, (size, k, s, d, st, p) in enumerate(zip(xs[2:], kernel, stride, dilation, start, positions)):
-        need = (p - 1) * s + (k - 1) * d + 1
-        lo, begin = max(0, -st), max(0, st)
-        end = min(size, begin + need - lo)
-        if end <= begin:
-            raise ValueError(f"a window starting at {st} with span {need} reads only padding on axis {a}")
-        if begin > 0 or end < size:
-            x = b.slice(x, axis=2 + a, begin=begin, end=end)
-        pads.append((lo, need - lo - (end - begin)))
+    x, pads = _reach(b, x, kernel, stride, dilation, start, positions)
     if any(lo or hi for lo, hi in pads):
         x = b.pad(x, pads=((0, 0), (0, 0), *pads))
-    return b.window(x, axes=tuple(range(2, 2 + nsp)), kernel=tuple(kernel), stride=tuple(stride),
+    return b.window(x, axes=tuple(range(2, 2 + len(pads))), kernel=tuple(kernel), stride=tuple(stride),
                     dilation=tuple(dilation))
 
 
