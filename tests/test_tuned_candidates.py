@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import tvm
 from tvm.s_tir import Schedule
@@ -26,14 +27,37 @@ from gos_tvm.space import RULES, candidates
 DATA = Path(__file__).parent / "data"
 
 
+#: The families of the first release, tuned in the default tier; the rest are in the slow tier.
+FIRST_FAMILIES = ("depthwise_separable", "spatially_separable", "low_rank", "grouped_shuffle", "shift_pointwise",
+                  "channel_bottleneck")
+
+
 def _pick():
     conv = library.conv2d((1, 8, 10, 10), 16, 3, padding=1)
-    cands = candidates(conv, depth=2, max_flops_ratio=0.9, include_original=False)
+    cands = candidates(conv, depth=2, max_flops_ratio=0.9, include_original=False, families=FIRST_FAMILIES)
     chosen, seen = [], set()
     for c in cands:  # one per family, then a few compositions
-        if c.rule not in seen and (c.rule in RULES or len(chosen) < len(RULES) + 2):
+        if c.rule not in seen and (c.rule in RULES or len(chosen) < len(FIRST_FAMILIES) + 2):
             seen.add(c.rule)
             chosen.append(c)
+    assert {c.rule for c in chosen} >= set(FIRST_FAMILIES)
+    return chosen
+
+
+#: Sites of every grouping: depthwise (MobileNet's 3x3, stride 2), grouped, dense with a 5x5 window.
+GROUPED_SITES = (library.depthwise_conv2d((1, 16, 10, 10), 3, stride=2, padding=1, bias=False),
+                 library.conv2d((1, 8, 10, 10), 16, 3, padding=1, groups=2),
+                 library.conv2d((1, 8, 10, 10), 8, 5, padding=2))
+
+
+def _pick_every_family():
+    """One candidate per family, on the first of `GROUPED_SITES` where it is legal (so the
+    depthwise site gets every family it admits), plus the cheapest composition of each site."""
+    chosen, seen = [], set()
+    for program in GROUPED_SITES:
+        cands = candidates(program, depth=2, max_flops_ratio=None, include_original=False)
+        chosen += [c for c in cands if c.rule in RULES and c.rule not in seen and not seen.add(c.rule)]
+        chosen += [c for c in cands if len(c.steps) == 2][:1]
     assert {c.rule for c in chosen} >= set(RULES)
     return chosen
 
@@ -83,10 +107,7 @@ def test_a_wrong_schedule_is_caught_and_never_used():
     assert picked is not None and _torch_error(program, _applied(wl, picked.trace)) < 1e-5
 
 
-def test_every_tuned_record_of_every_family_is_judged_like_torch(tmp_path):
-    """Tune one candidate of every family (and compositions); for every record in the database,
-    `schedule_is_correct` agrees with the torch lowering, and each kernel's pick is correct."""
-    chosen = _pick()
+def _check_tuned_records(chosen, tmp_path) -> None:
     funcs = {f"c{i}": to_te(c.program) for i, c in enumerate(chosen)}
     results = tune_primfuncs(funcs, "local", runner="local", trials_per_task=4, trials_per_iter=4,
                              work_dir=str(tmp_path), seed=0)
@@ -104,3 +125,17 @@ def test_every_tuned_record_of_every_family_is_judged_like_torch(tmp_path):
         _, best = best_correct_record(db, wl)
         assert best is not None and _torch_error(cand.program, _applied(wl, best.trace), name) < 1e-4
     print(f"checked {checked} tuned schedules of {len(chosen)} candidates, {wrong} computed wrong values")
+
+
+def test_every_tuned_record_of_every_family_is_judged_like_torch(tmp_path):
+    """Tune one candidate of every first-release family (and compositions) of a dense conv; for
+    every record in the database, `schedule_is_correct` agrees with the torch lowering, and each
+    kernel's pick is correct."""
+    _check_tuned_records(_pick(), tmp_path)
+
+
+@pytest.mark.slow
+def test_every_family_on_depthwise_and_grouped_sites_is_judged_like_torch(tmp_path):
+    """The same for every registered family (tap subsets, subsampling, the grouped forms of the
+    channel families) on a depthwise, a grouped and a 5x5 dense site (slow tier: 14 kernels)."""
+    _check_tuned_records(_pick_every_family(), tmp_path)

@@ -89,7 +89,7 @@ class GreedyLeastEfficientFirst(SearchStrategy):
         cands = space_candidates(search.sites[site_id].program, depth=opt.depth,
                                  max_flops_ratio=opt.max_flops_ratio, include_original=False)
         if not cands:
-            decision["reason"] = "no candidate within the FLOP budget"
+            decision["reason"] = f"no candidate within the FLOP budget; per family: {cands.why_none()}"
             return
         ranking, how = search.latency_model.rank([c.program for c in cands])
         decision["ranking"] = how

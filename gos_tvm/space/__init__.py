@@ -11,11 +11,13 @@
 
 Modules: `match` (finding sites in a program), `emit` (building and splicing
 subgraphs), `factor` (closed-form weights), `rules` (the families and their legality),
-`candidates` (`Candidate`, `apply`, `candidates`).
+`candidates` (`Candidate`, `apply`, `candidates`, `explain`).
+A new family is a `Rule` subclass passed to `register_rule`.
 """
-from .candidates import Candidate, Step, apply, candidates
+from .candidates import Candidate, CandidateList, FamilyReport, Step, apply, candidates, explain
 from .match import Site, find_sites, match_site
-from .rules import RULES, Rule, SpaceOptions, get_rule
+from .rules import RULES, Rule, SpaceOptions, get_rule, register_rule, unregister_rule
 
-__all__ = ["candidates", "apply", "Candidate", "Step", "Site", "find_sites", "match_site", "RULES", "Rule",
-           "SpaceOptions", "get_rule"]
+__all__ = ["candidates", "explain", "apply", "Candidate", "CandidateList", "FamilyReport", "Step", "Site",
+           "find_sites", "match_site", "RULES", "Rule", "SpaceOptions", "get_rule", "register_rule",
+           "unregister_rule"]

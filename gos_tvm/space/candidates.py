@@ -201,11 +201,57 @@ def apply(program: OpProgram | Candidate, rule: str, site: str | Site | None = N
 _ORDERS = ("flops", "bytes", "params")
 
 
+@dataclass(frozen=True)
+class FamilyReport:
+    """What one family contributed to a `candidates` call, and why it gave nothing when it did not.
+
+    Attributes:
+        family: the rule's name.
+        generated: distinct candidates whose chain of rewrites uses the rule.
+        kept: how many of those are within the FLOP budget.
+        cheapest_ratio: the lowest FLOP ratio (to the original) among them, None if none.
+        problems: why the rule was illegal at the sites it was tried on (distinct messages).
+        budget: the FLOP budget of the call (None: no budget).
+    """
+
+    family: str
+    generated: int
+    kept: int
+    cheapest_ratio: float | None
+    problems: tuple[str, ...]
+    budget: float | None
+
+    @property
+    def reason(self) -> str:
+        """'' when the family kept a candidate; otherwise why it did not, in one line."""
+        if self.kept:
+            return ""
+        if self.generated:
+            return (f"{self.generated} candidate(s), the cheapest at {self.cheapest_ratio:.2f}x the FLOPs, "
+                    f"above the budget of {self.budget}x")
+        if self.problems:
+            return "not legal: " + "; ".join(self.problems)
+        return "not tried: no site of the program"
+
+
+class CandidateList(list):
+    """The list `candidates` returns, with a `FamilyReport` per family tried (`families`)."""
+
+    def __init__(self, items: Iterable[Candidate] = (), families: Mapping[str, FamilyReport] | None = None):
+        super().__init__(items)
+        self.families: dict[str, FamilyReport] = dict(families or {})
+
+    def why_none(self) -> str:
+        """Per family, why it gave no candidate (families that gave one are left out)."""
+        lines = [f"{name}: {rep.reason}" for name, rep in self.families.items() if rep.reason]
+        return "; ".join(lines) if lines else "every family gave a candidate"
+
+
 def candidates(program: OpProgram, *, families: Iterable[str] | None = None, depth: int = 2,
                ranks: Sequence[int] | None = None, rank_fractions: Sequence[float] = (0.125, 0.25, 0.5),
                groups: Sequence[int] = (2, 4), multipliers: Sequence[int] = (1,),
                max_flops_ratio: float | None = 1.0, include_original: bool = True,
-               sites: Iterable[str] | None = None, order: str | None = "flops") -> list[Candidate]:
+               sites: Iterable[str] | None = None, order: str | None = "flops") -> CandidateList:
     """Distinct replacement candidates for the operator `program`.
 
     Args:
@@ -223,7 +269,9 @@ def candidates(program: OpProgram, *, families: Iterable[str] | None = None, dep
             order (the original first).
 
     Returns:
-        Candidates with pairwise distinct structural hashes.
+        Candidates with pairwise distinct structural hashes, as a `CandidateList` whose
+        `families` say, per family, how many candidates it gave and, when none survived,
+        why (`CandidateList.why_none`; see also `explain`).
     """
     names = list(RULES) if families is None else list(families)
     for n in names:
@@ -248,21 +296,30 @@ def candidates(program: OpProgram, *, families: Iterable[str] | None = None, dep
 
     seen = {program.structural_hash}
     found: list[Candidate] = []
+    problems: dict[str, dict[str, None]] = {n: {} for n in names}  # ordered sets of messages
     frontier = [origin]
     for level in range(depth):
         nxt = []
         for cand in frontier:
             for site in (first_sites if level == 0 else cand.new_sites()):
                 for name in names:
-                    if cand.steps and cand.steps[-1].rule == name:
+                    rule = RULES[name]
+                    if cand.steps and RULES[cand.steps[-1].rule].family_name == rule.family_name:
                         continue  # a family composed with itself stays in the family, at a higher cost
                     if cand.steps and name == "shift_pointwise":
                         # A shift of a value computed inside the same kernel: MetaSchedule produced
                         # wrong schedules for it (channel_bottleneck>shift_pointwise, 8% error in
                         # tests/test_tuned_candidates.py); shifts stay on the operator's input.
                         continue
-                    rule = RULES[name]
-                    for params in rule.grid(site, options):
+                    grid = rule.grid(site, options)
+                    if not grid and level == 0:
+                        why = rule.site_problem(site)
+                        if why is None:
+                            tried = rule.proposals(site, options)
+                            why = (f"no legal parameters among {tried} "
+                                   f"({rule.problem(site, **tried[0])})" if tried else "no parameters to try")
+                        problems[name][f"{site.contract}: {why}"] = None
+                    for params in grid:
                         new = cand.apply(name, site, **params)
                         if new.structural_hash in seen:
                             continue
@@ -271,9 +328,26 @@ def candidates(program: OpProgram, *, families: Iterable[str] | None = None, dep
                         nxt.append(new)
         frontier = nxt
 
-    if max_flops_ratio is not None:
-        found = [c for c in found if c.flops <= max_flops_ratio * program.flops]
-    result = ([origin] if include_original else []) + found
+    def within(c: Candidate) -> bool:
+        return max_flops_ratio is None or c.flops <= max_flops_ratio * program.flops
+
+    reports = {}
+    for name in names:
+        mine = [c for c in found if any(s.rule == name for s in c.steps)]
+        reports[name] = FamilyReport(name, len(mine), sum(map(within, mine)),
+                                     min((c.flops_ratio for c in mine), default=None),
+                                     tuple(problems[name]), max_flops_ratio)
+    found = [c for c in found if within(c)]
+    result = CandidateList(([origin] if include_original else []) + found, reports)
     if order is not None:
         result.sort(key=lambda c: getattr(c, order))  # stable: ties keep generation order
     return result
+
+
+def explain(program: OpProgram, **kwargs: Any) -> dict[str, str]:
+    """Per family, why `candidates(program, **kwargs)` has no candidate of it ('' when it has one).
+
+    For a site with no candidate this names every family tried and why each did not
+    apply: illegal at the site (and why), or legal but above the FLOP budget (and by how much).
+    """
+    return {name: rep.reason for name, rep in candidates(program, **kwargs).families.items()}

@@ -9,6 +9,7 @@ rewrite.  `splice` replaces a site by a subgraph and drops whatever became dead.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from ..instructions.program import Node, OpProgram, ProgramBuilder, window_out_size
@@ -67,6 +68,10 @@ def conv(b: Subgraph, x: str, out_channels: int, kernel: Sequence[int], stride: 
     kernel, stride, dilation = tuple(kernel), tuple(stride), tuple(dilation)
     if all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(lo or hi for lo, hi in pads):
         return linear(b, x, 1, out_channels, role, groups)
+    if groups == c and groups > 1:
+        # One input channel per group: the depthwise form keeps the channel axis and needs no
+        # group reshapes (no div/mod in the kernel's index arithmetic).
+        return depthwise(b, x, kernel, stride, dilation, pads, role, multiplier=out_channels // c)
     w = b.role_weight(role, (out_channels, c // groups, *kernel))
     if any(lo or hi for lo, hi in pads):
         x = b.pad(x, pads=((0, 0), (0, 0), *pads))
@@ -80,6 +85,81 @@ def conv(b: Subgraph, x: str, out_channels: int, kernel: Sequence[int], stride: 
     ww = b.reshape(w, shape=(g, og, cg, *kernel))
     y = b.contract(wg, ww, spec=f"ngc{pos}{ker},goc{ker}->ngo{pos}")
     return b.reshape(y, shape=(n, out_channels, *out_sp))
+
+
+def _reach(b: Subgraph, x: str, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
+           start: Sequence[int], positions: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
+    """(x sliced where the windows stay inside it, the zero padding they need) so that windows
+    starting at `start` (negative: in the padding) give exactly `positions` windows per axis."""
+    xs = b.shape(x)
+    pads = []
+    for a, (size, k, s, d, st, p) in enumerate(zip(xs[2:], kernel, stride, dilation, start, positions)):
+        need = (p - 1) * s + (k - 1) * d + 1          # span of x (padded) the windows read
+        lo, begin = max(0, -st), max(0, st)
+        end = min(size, begin + need - lo)
+        if end <= begin:
+            raise ValueError(f"a window starting at {st} with span {need} reads only padding on axis {a}")
+        if begin > 0 or end < size:
+            x = b.slice(x, axis=2 + a, begin=begin, end=end)
+        pads.append((lo, need - lo - (end - begin)))
+    return x, pads
+
+
+def conv_at(b: Subgraph, x: str, out_channels: int, kernel: Sequence[int], stride: Sequence[int],
+            dilation: Sequence[int], start: Sequence[int], positions: Sequence[int], role: str,
+            groups: int = 1) -> str:
+    """Convolution whose first window starts at `start` of x's spatial axes (negative: in the
+    zero padding) and that has exactly `positions` windows per axis.
+
+    This is how a subset of a window's taps becomes its own convolution: the taps
+    ``offset + step*t`` of a window with dilation d read x from ``offset*d - pad_lo`` with
+    dilation ``step*d``.  The reach is made up by zero padding where it leaves x and by a
+    slice where it stays inside x.
+    """
+    x, pads = _reach(b, x, kernel, stride, dilation, start, positions)
+    return conv(b, x, out_channels, kernel, stride, dilation, pads, role, groups)
+
+
+def _window_at(b: Subgraph, x: str, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
+               start: Sequence[int], positions: Sequence[int]) -> str:
+    """The windows of x = (N, C, *S) whose first one starts at `start` (see `conv_at`)."""
+    x, pads = _reach(b, x, kernel, stride, dilation, start, positions)
+    if any(lo or hi for lo, hi in pads):
+        x = b.pad(x, pads=((0, 0), (0, 0), *pads))
+    return b.window(x, axes=tuple(range(2, 2 + len(pads))), kernel=tuple(kernel), stride=tuple(stride),
+                    dilation=tuple(dilation))
+
+
+def gathered_conv(b: Subgraph, x: str, out_channels: int, boxes: Sequence[tuple], stride: Sequence[int],
+                  positions: Sequence[int], role: str, groups: int = 1) -> str:
+    """One convolution over the union of several windows of x: their taps are concatenated
+    along one tap axis and contracted with one weight (O, C/groups, total taps).
+
+    `boxes` are (kernel, dilation, start) per window (see `conv_at`).  A sum of convolutions
+    over the same input is this single contraction: one reduction loop, no intermediate
+    results and no additions (a sum of separate contraction blocks also trips MetaSchedule's
+    consumer fusion, which moves the sum under one producer's loops and fails).
+    """
+    xs = b.shape(x)
+    n, c, nsp = xs[0], xs[1], len(xs) - 2
+    parts = []
+    for kernel, dilation, start in boxes:
+        win = _window_at(b, x, kernel, stride, dilation, start, positions)
+        parts.append(b.reshape(win, shape=(n, c, *positions, math.prod(kernel))))
+    taps = sum(b.shape(p_)[-1] for p_ in parts)
+    data = b.concat(*parts, axis=-1) if len(parts) > 1 else parts[0]
+    w = b.role_weight(role, (out_channels, c // groups, taps))
+    pos = _POS[:nsp]
+    if groups == 1:
+        return b.contract(data, w, spec=f"nc{pos}t,oct->no{pos}")
+    if groups == c:
+        m = out_channels // c
+        y = b.contract(data, b.reshape(w, shape=(c, m, taps)), spec=f"nc{pos}t,cmt->ncm{pos}")
+        return b.reshape(y, shape=(n, out_channels, *positions))
+    g, cg, og = groups, c // groups, out_channels // groups
+    dg = b.reshape(data, shape=(n, g, cg, *positions, taps))
+    y = b.contract(dg, b.reshape(w, shape=(g, og, cg, taps)), spec=f"ngc{pos}t,goct->ngo{pos}")
+    return b.reshape(y, shape=(n, out_channels, *positions))
 
 
 def depthwise(b: Subgraph, x: str, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
@@ -138,6 +218,22 @@ def channel_shuffle(b: Subgraph, x: str, axis: int, groups: int) -> str:
     perm[axis], perm[axis + 1] = axis + 1, axis
     y = b.transpose(y, perm=tuple(perm))
     return b.reshape(y, shape=xs)
+
+
+def repeat(b: Subgraph, x: str, axis: int, size: int) -> str:
+    """Nearest-neighbour upsampling by 2 along `axis`, cut to `size`: y[i] = x[i // 2].
+
+    Index instructions only (a unit axis, a concatenation of two copies, a merge), so the
+    TE lowering folds it into whatever reads it.
+    """
+    xs = b.shape(x)
+    axis %= len(xs)
+    y = b.reshape(x, shape=(*xs[:axis + 1], 1, *xs[axis + 1:]))
+    y = b.concat(y, y, axis=axis + 1)
+    y = b.reshape(y, shape=(*xs[:axis], 2 * xs[axis], *xs[axis + 1:]))
+    if 2 * xs[axis] != size:
+        y = b.slice(y, axis=axis, begin=0, end=size)
+    return y
 
 
 def shift_window(b: Subgraph, x: str, channel_taps: Sequence[Sequence[int]], kernel: Sequence[int],

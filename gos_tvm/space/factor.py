@@ -130,3 +130,42 @@ def shift_pointwise(w: np.ndarray, taps: list[tuple[int, ...]]) -> np.ndarray:
     keeping W's values on them is its nearest point in weight space.  Returns P: (O, C).
     """
     return np.stack([w[:, ch][(slice(None), *tap)] for ch, tap in enumerate(taps)], axis=1)
+
+
+# --- grouped sites: the same algebra block by block ------------------------------------------
+
+
+def per_group(w: np.ndarray, groups: int, fn, *args) -> tuple[np.ndarray, ...]:
+    """Apply a dense factorisation `fn(block, *args)` to each group's block of a grouped weight.
+
+    A grouped weight ``(O, C/G, *kernel)`` is G independent blocks ``(O/G, C/G, *kernel)``.
+    Every factor `fn` returns is in torch layout with its output channels first, so
+    concatenating the per-group factors along axis 0 gives the grouped (G-group) weight of
+    the same factor: block g of a grouped layer owns output rows g*(rows/G) onwards.
+    """
+    o = w.shape[0]
+    blocks = [fn(w[g * (o // groups):(g + 1) * (o // groups)], *args) for g in range(groups)]
+    if not isinstance(blocks[0], tuple):
+        return np.concatenate(blocks, axis=0)
+    return tuple(np.concatenate([b[i] for b in blocks], axis=0) for i in range(len(blocks[0])))
+
+
+def block_diagonal(w: np.ndarray, groups: int) -> np.ndarray:
+    """The dense ``(O, C, *kernel)`` weight of a grouped ``(O, C/G, *kernel)`` one (zeros off the blocks)."""
+    o, cg, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    og = o // groups
+    dense = np.zeros((o, cg * groups, *kernel))
+    for g in range(groups):
+        dense[g * og:(g + 1) * og, g * cg:(g + 1) * cg] = w[g * og:(g + 1) * og]
+    return dense
+
+
+def tap_box(w: np.ndarray, offset: tuple[int, ...], count: tuple[int, ...], step: tuple[int, ...]) -> np.ndarray:
+    """The taps ``offset + step * t`` (t < count, per spatial axis) of ``W`` as a smaller kernel.
+
+    A window restricted to a lattice box of its taps is a convolution with that box as its
+    kernel (dilation multiplied by `step`, start moved by `offset`); keeping W's values on
+    the box and dropping the rest is the nearest point of that family in weight space.
+    """
+    index = tuple(slice(a, a + s * (n - 1) + 1, s) for a, n, s in zip(offset, count, step))
+    return np.ascontiguousarray(w[(slice(None), slice(None), *index)])
