@@ -3,6 +3,7 @@
     api.py         `tune` and `TuneResult`
     gos.py         the GOS loop (`GOSearch`)
     strategies.py  search strategies (greedy least-efficient-first with bisection, evolution)
+    distillation.py  end-to-end distillation of configurations inside the search (`SearchDistiller`)
     measurer.py    where latencies come from: the tuned device (`TunedMeasurer`, its MetaSchedule
                    `TuningParts`) or a fake one (`FakeMeasurer`)
     cost_model.py  the program-level latency model (`ProgramLatencyModel`, XGBoost `LatencyModel`)

@@ -7,8 +7,9 @@
     3. strategies   choose per-site replacements (`strategies.py`; by default greedy least-
                     efficient-first with bisection of the latency model's ranking, then evolution).
     4. final        Pareto front of (latency, accuracy); the fastest configuration within the
-                    accuracy budget is tuned with the same budget as the original, compiled and
-                    measured end to end on the device; if it measures slower, the original.
+                    accuracy budget (after a longer end-to-end distillation, `distillation.py`) is
+                    tuned with the same budget as the original, compiled and measured end to end
+                    on the device; if it measures slower, the original.
 
 The parts are passed in: the `Measurer` (the device, or a fake one), the strategies and the
 program-level latency model.  Every device measurement is written to the work directory's log
@@ -18,7 +19,6 @@ measuring anything twice.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import time
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..instructions import OpProgram
 from .cost_model import LatencyModel, ProgramLatencyModel
+from .distillation import SearchDistiller
 from .measurer import Measurer, TunedMeasurer, TuningParts
 from .adapt import build_adapted, fingerprint, predictor
 from .pareto import Configuration, choose, pareto_front
@@ -77,6 +78,7 @@ class GOSearch:
         self.parts = parts
         self._measurer = measurer
         self._programs: dict[str, OpProgram] = {}
+        self.distiller = SearchDistiller(self)
         # Set by `run` before the strategies start.
         self.original_score = math.nan
         self.baseline: dict = {}
@@ -180,65 +182,6 @@ class GOSearch:
         return {"rel_error": res.rel_error, "heldout_rel_error": res.heldout_rel_error,
                 "init_rel_error": res.init_rel_error, "seconds": res.seconds}
 
-    # ------------------------------------------------------------------ distillation
-
-    @property
-    def distills(self) -> bool:
-        """Whether candidates are judged after distillation (off when the option is, or when the
-        model has no trainable form; `state['distillation']` says why)."""
-        return self.opt.distill and not self.state.get("distillation", {}).get("unavailable")
-
-    @functools.cached_property
-    def distill_task(self) -> str:
-        """'classification' or 'regression' for the distillation loss: the option, or by the width of
-        the model's output ('auto': one value per sample is a regression, e.g. a pulse rate)."""
-        if self.opt.distill_task != "auto":
-            return self.opt.distill_task
-        from .. import graph
-
-        out = predictor(graph.load_vm(graph.compile_module(self.mod, self.params)))(self.calib[:1])
-        return "regression" if out.reshape(len(out), -1).shape[1] == 1 else "classification"
-
-    def distill_configuration(self, choices: Mapping[str, str | None], steps: int) -> dict[str, str | None]:
-        """Distil the replacements of `choices` together against the original model (`fit.distill` on
-        the calibration inputs, starting from their current weights).  Returns the choices of the
-        distilled variant: one new candidate key per replaced site, same programs, new weights.
-        Done once per (configuration, steps); killed runs resume from the distillation checkpoints.
-        Returns `choices` unchanged when the model has no trainable form (recorded in the state)."""
-        from ..fit import distill
-        from ..graph import UnsupportedModelError
-
-        entry = f"{steps}:{config_key(choices)}"
-        cache = self.state.setdefault("distilled", {})
-        if entry in cache:
-            return dict(cache[entry]["choices"])
-        replaced = [self.candidate(k) for k in choices.values() if k is not None]
-        if not replaced or steps <= 0 or not self.distills:
-            return dict(choices)
-        try:
-            res = distill((self.mod, self.params), {c.site: (c.program, c.weights()) for c in replaced}, self.calib,
-                          steps=steps, lr=self.opt.distill_lr, temperature=self.opt.distill_temperature,
-                          task=self.distill_task, seed=self.opt.seed, checkpoint_dir=self.store.path / "distill",
-                          progress=False)
-        except UnsupportedModelError as err:  # no trainable form: layer-wise fitting only, and the report says so
-            self.state["distillation"] = {"unavailable": f"{err}; candidates are judged by their layer-wise fit"}
-            self.save()
-            return dict(choices)
-        tag = hashlib.sha256(entry.encode()).hexdigest()[:8]
-        variant: dict[str, str | None] = dict(choices)
-        for c in replaced:
-            info = self.state["candidates"][c.key]
-            weights = f"{info['hash']}~{tag}"
-            self.store.save_weights(c.site, weights, res.weights[c.site])
-            key = f"{c.site}:{weights}"
-            self.state["candidates"][key] = {**info, "weights": weights, "distilled_from": c.key}
-            variant[c.site] = key
-        cache[entry] = {"choices": variant, "steps": res.steps, "best_step": res.best_step,
-                        "error_before": res.error_before, "error_after": res.error_after,
-                        "seconds": res.seconds}
-        self.save()
-        return dict(variant)
-
     @functools.cached_property
     def _calib_activations(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Every site's (input, output) on the calibration data, captured once, when first needed."""
@@ -296,8 +239,8 @@ class GOSearch:
             configs = self.configurations()
             front = pareto_front(configs)
             chosen = choose(front, self.floor)
-            if any(chosen.choices.values()) and self.distills and self.opt.final_distill_steps > 0:
-                chosen, configs, front = self._distill_chosen(chosen)
+            if any(chosen.choices.values()) and self.distiller.enabled and self.opt.final_distill_steps > 0:
+                chosen, configs, front = self.distiller.final(chosen)
             self._sync_decisions(chosen)
             adapted = self.baseline
             if any(chosen.choices.values()):
@@ -314,36 +257,9 @@ class GOSearch:
             site_latency=dict(self.site_latency),
             decisions=[Decision.from_state(d) for d in self.state["decisions"].values()],
             candidates={c: self.candidate(c) for c in sorted(used)}, fallback=self.state.get("fallback"),
-            distillation=self.distillation_summary(),
+            distillation=self.distiller.summary(),
             seconds=time.perf_counter() - t0, device_measurements=len(self.store.measurements),
             new_measurements=list(self.store.new_measurements))
-
-
-    def _distill_chosen(self, chosen: Configuration) -> tuple[Configuration, list[Configuration], list[Configuration]]:
-        """The longer distillation of the chosen configuration; the distilled variant replaces it
-        when it scores at least as well on the user's validation data."""
-        variant = self.distill_configuration(chosen.choices, self.opt.final_distill_steps)
-        configs = self.configurations()
-        front = pareto_front(configs)
-        distilled = next((c for c in configs if c.key == config_key(variant)), None)
-        if distilled is not None and distilled.accuracy >= chosen.accuracy:
-            self.state["final_distillation"] = {"from": chosen.key, "to": distilled.key,
-                                                "score_before": chosen.accuracy, "score_after": distilled.accuracy}
-            chosen = distilled
-        return chosen, configs, front
-
-    def distillation_summary(self) -> dict:
-        """For the report: whether and how candidates were distilled."""
-        judged = [t for d in self.state["decisions"].values() for t in d.get("tried", [])
-                  if t.get("judged_by", "").startswith("distillation")]
-        return {"enabled": self.opt.distill, "task": self.distill_task if self.distills else None,
-                "unavailable": self.state.get("distillation", {}).get("unavailable"),
-                "proxy": "layer-wise fit first; a candidate it rejects is judged after distilling its configuration "
-                         f"({self.opt.distill_steps} steps)",
-                "candidates_judged_by_distillation": len(judged),
-                "accepted_after_distillation": sum(t["verdict"] == "accurate" for t in judged),
-                "runs": len(self.state.get("distilled", {})), "final": self.state.get("final_distillation"),
-                "final_steps": self.opt.final_distill_steps}
 
     def _sync_decisions(self, chosen: Configuration) -> None:
         """Decisions name the candidate keys of the chosen configuration (distillation renames them)."""

@@ -110,8 +110,8 @@ class GreedyLeastEfficientFirst(SearchStrategy):
             variant = {**choices, site_id: ckey}
             layerwise = acc = search.score(variant)
             judged = "layer-wise fit"
-            if acc < floor and search.distills and opt.distill_steps > 0:
-                variant = search.distill_configuration(variant, opt.distill_steps)
+            if acc < floor and search.distiller.enabled and opt.distill_steps > 0:
+                variant = search.distiller.configuration(variant, opt.distill_steps)
                 if variant[site_id] != ckey:
                     acc, judged = search.score(variant), f"distillation ({opt.distill_steps} steps)"
             ok = acc >= floor

@@ -1,0 +1,118 @@
+"""End-to-end distillation inside a search (`SearchOptions.distill`).
+
+The layer-wise fit of a candidate is the cheap proxy of its accuracy.  A candidate that it rejects
+is judged again after `fit.distill` has fine-tuned the replacements of its whole configuration
+against the original model on the calibration inputs; the chosen configuration gets a longer
+distillation.  Distilled weights become *variants* of the candidates: same program (so the same
+kernel measurement), new weights, key ``site:hash~tag``, an entry in ``state['candidates']`` with
+``weights`` and ``distilled_from``.  So configurations, the Pareto front, evolution and
+`TuneResult.build` need nothing new: a distilled configuration is a configuration of variants.
+Every score stays a score on the user's validation data.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import TYPE_CHECKING, Mapping
+
+from .adapt import predictor
+from .pareto import Configuration, pareto_front
+from .strategies import config_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .gos import GOSearch
+
+
+class SearchDistiller:
+    """Distils configurations of one search; keeps what it did in `search.state` (so a killed run
+    resumes: finished distillations are looked up, a running one continues from its checkpoint)."""
+
+    def __init__(self, search: "GOSearch"):
+        self.search = search
+
+    @property
+    def enabled(self) -> bool:
+        """Whether candidates are judged after distillation (off when the option is, or when the
+        model has no trainable form; `state['distillation']` says why)."""
+        return self.search.opt.distill and not self.search.state.get("distillation", {}).get("unavailable")
+
+    @functools.cached_property
+    def task(self) -> str:
+        """'classification' (KL on logits) or 'regression' (MSE): the option, or by the width of the
+        model's output ('auto': one value per sample is a regression, e.g. a pulse rate)."""
+        search = self.search
+        if search.opt.distill_task != "auto":
+            return search.opt.distill_task
+        from .. import graph
+
+        out = predictor(graph.load_vm(graph.compile_module(search.mod, search.params)))(search.calib[:1])
+        return "regression" if out.reshape(len(out), -1).shape[1] == 1 else "classification"
+
+    def configuration(self, choices: Mapping[str, str | None], steps: int) -> dict[str, str | None]:
+        """Distil the replacements of `choices` together (starting from their current weights) and
+        return the choices of the distilled variant: one new candidate key per replaced site.  Done
+        once per (configuration, steps).  Returns `choices` unchanged when there is nothing to do or
+        the model has no trainable form (then recorded in the state, and reported)."""
+        from ..fit import distill
+        from ..graph import UnsupportedModelError
+
+        search, opt = self.search, self.search.opt
+        entry = f"{steps}:{config_key(choices)}"
+        cache = search.state.setdefault("distilled", {})
+        if entry in cache:
+            return dict(cache[entry]["choices"])
+        replaced = [search.candidate(k) for k in choices.values() if k is not None]
+        if not replaced or steps <= 0 or not self.enabled:
+            return dict(choices)
+        try:
+            res = distill((search.mod, search.params), {c.site: (c.program, c.weights()) for c in replaced},
+                          search.calib, steps=steps, lr=opt.distill_lr, temperature=opt.distill_temperature,
+                          task=self.task, seed=opt.seed, checkpoint_dir=search.store.path / "distill", progress=False)
+        except UnsupportedModelError as err:
+            search.state["distillation"] = {"unavailable": f"{err}; candidates are judged by their layer-wise fit"}
+            search.save()
+            return dict(choices)
+        tag = hashlib.sha256(entry.encode()).hexdigest()[:8]
+        variant: dict[str, str | None] = dict(choices)
+        for c in replaced:
+            info = search.state["candidates"][c.key]
+            weights = f"{info['hash']}~{tag}"
+            search.store.save_weights(c.site, weights, res.weights[c.site])
+            key = f"{c.site}:{weights}"
+            search.state["candidates"][key] = {**info, "weights": weights, "distilled_from": c.key}
+            variant[c.site] = key
+        cache[entry] = {"choices": variant, "steps": res.steps, "best_step": res.best_step,
+                        "error_before": res.error_before, "error_after": res.error_after, "seconds": res.seconds}
+        search.save()
+        return dict(variant)
+
+    def final(self, chosen: Configuration) -> tuple[Configuration, list[Configuration], list[Configuration]]:
+        """The longer distillation of the chosen configuration: its variant replaces it when it scores
+        at least as well on the validation data.  Returns (chosen, configurations, Pareto front)."""
+        search = self.search
+        variant = self.configuration(chosen.choices, search.opt.final_distill_steps)
+        configs = search.configurations()
+        front = pareto_front(configs)
+        distilled = next((c for c in configs if c.key == config_key(variant)), None)
+        if distilled is not None and distilled.accuracy >= chosen.accuracy:
+            search.state["final_distillation"] = {"from": chosen.key, "to": distilled.key,
+                                                  "score_before": chosen.accuracy, "score_after": distilled.accuracy}
+            chosen = distilled
+        return chosen, configs, front
+
+    def summary(self) -> dict:
+        """For the report: whether and how candidates were distilled."""
+        search, opt = self.search, self.search.opt
+        judged = [t for d in search.state["decisions"].values() for t in d.get("tried", [])
+                  if t.get("judged_by", "").startswith("distillation")]
+        return {"enabled": opt.distill, "task": self.task if self.enabled else None,
+                "unavailable": search.state.get("distillation", {}).get("unavailable"),
+                "proxy": "layer-wise fit first; a candidate it rejects is judged after distilling its configuration "
+                         f"({opt.distill_steps} steps)",
+                "candidates_judged_by_distillation": len(judged),
+                "accepted_after_distillation": sum(t["verdict"] == "accurate" for t in judged),
+                "runs": len(search.state.get("distilled", {})), "final": search.state.get("final_distillation"),
+                "final_steps": opt.final_distill_steps}
+
+
+__all__ = ["SearchDistiller"]
