@@ -21,7 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "timings")
     p.add_argument("--tracker", help="RPC tracker host:port (default: start one with a server on loopback)")
     p.add_argument("--key", help="RPC key of the device (default: the preset's)")
-    p.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per whole model (default 64)")
+    p.add_argument("--trials-per-task", type=int, default=None,
+                   help="MetaSchedule trials for every task of the original and the adapted model "
+                        "(default 16; rerun with more in the same --work-dir to continue tuning)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="compatibility: a whole-model total, spread evenly over the original model's tasks "
+                        "(ignored when --trials-per-task is given)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="wall-clock seconds bound on each whole-model tuning session")
     p.add_argument("--kernel-trials", type=int, default=16, help="trials per site/candidate kernel (default 16)")
     p.add_argument("--budget", type=float, default=0.01, help="allowed accuracy drop (default 0.01 = 1 point)")
     p.add_argument("--max-sites", type=int, default=None, help="replace at most this many sites")
@@ -66,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         calib, val = split.x_train, (split.x_val, split.y_val)
     tracker = args.tracker
     result = tune(mod, target, params=params, calib_data=calib, val_data=val, accuracy_budget=args.budget,
-                  tracker=tracker, key=args.key, trials=args.trials, kernel_trials=args.kernel_trials,
+                  tracker=tracker, key=args.key, trials_per_task=args.trials_per_task, trials=args.trials,
+                  time_budget=args.time_budget, kernel_trials=args.kernel_trials,
                   work_dir=args.work_dir, seed=args.seed, max_sites=args.max_sites)
     print(result.summary())
     print(f"report: {result.report_path}\nPareto plot: {result.plot_path}")

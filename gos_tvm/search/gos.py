@@ -1,14 +1,18 @@
 """The GOS loop: operator replacement jointly with schedules, measured on the device.
 
-    1. baseline     tune the original model with MetaSchedule (budget `trials`), compile it with
-                    the database applied, measure it end to end on the device; its accuracy.
+    1. baseline     tune the original model with MetaSchedule (`trials_per_task` for every task, into
+                    the run's one database), compile it with the database applied, measure it end to
+                    end on the device until the timings are stable; its accuracy.
     2. complexity   tune and measure every site's operator as a kernel: each site's share of the
                     model's latency.
     3. strategies   choose per-site replacements (`strategies.py`; by default greedy least-
                     efficient-first with bisection of the latency model's ranking, then evolution).
     4. final        Pareto front of (latency, accuracy); the fastest configuration within the
-                    accuracy budget is tuned with the same budget as the original, compiled and
-                    measured end to end on the device; if it measures slower, the original.
+                    accuracy budget is tuned with the same per-task budget as the original (its
+                    unchanged tasks are in the database already: only new tasks are tuned),
+                    compiled and measured end to end; if it measures slower, the original.  A
+                    configuration that replaces nothing is the original: no second tuning, no
+                    second measurement, 1.00x.
 
 The parts are passed in: the `Measurer` (the device, or a fake one), the strategies and the
 program-level latency model.  Every device measurement is written to the work directory's log
@@ -125,13 +129,31 @@ class GOSearch:
                         self.latency_model.update([program], [lat])
         return out
 
+    @functools.cached_property
+    def trials_per_task(self) -> int:
+        """The per-task budget of whole-model tuning, the same for the original and the adapted model
+        (`SearchOptions.model_trials_per_task`; the compatibility `trials` is divided by the
+        original model's task count)."""
+        if self.opt.trials_per_task is not None or self.opt.trials is None:
+            return self.opt.model_trials_per_task(0)
+        from tvm.s_tir import meta_schedule as ms
+
+        from ..hw.tuning import prepare_relax
+
+        target = self.device.target
+        n_tasks = len(ms.relax_integration.extract_tasks(prepare_relax(self.mod, self.params, target), target))
+        return self.opt.model_trials_per_task(n_tasks)
+
     def model_latency(self, name: str, mod, params) -> dict:
-        """Tune (budget `trials`), compile with the database applied, and measure end to end."""
-        key = f"model:{name}:{fingerprint(mod, params)}"
+        """Tune every task up to the per-task budget (tasks already in the run's database are not
+        tuned again), compile with the database applied, and measure end to end until stable.
+        The log key holds the budget: a rerun with a larger one continues tuning."""
+        per_task = self.trials_per_task
+        key = f"model:{name}:{fingerprint(mod, params)}:{per_task}pt"
         row = self.store.measured(key)
         if row is not None:
             return row
-        data = self.measurer.model(name, mod, params, self.calib[:1])
+        data = self.measurer.model(name, mod, params, self.calib[:1], trials_per_task=per_task)
         return self.store.record_measurement(key, kind="model", name=name, **data)
 
     # ------------------------------------------------------------------ accuracy and fitting
