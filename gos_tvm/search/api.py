@@ -64,6 +64,7 @@ class TuneResult:
     candidates: dict[str, Candidate] = field(default_factory=dict, repr=False)
     database_dirs: dict[str, Path] = field(default_factory=dict, repr=False)
     new_measurements: list[str] = field(default_factory=list, repr=False)
+    fallback: dict | None = field(default=None, repr=False)  # the rejected adapted model's measurement, if any
 
     @property
     def speedup(self) -> float:
@@ -110,13 +111,18 @@ class TuneResult:
         lines = [f"device: {self.device.name} — {self.device.label}{emulated}",
                  f"original: {_latency_line(o)}, score {self.original_score:.4f}",
                  f"adapted:  {_latency_line(a)}, score {self.adapted_score:.4f}"
-                 + ("  (nothing replaced: the original, measured once)" if a is o or a == o else ""),
+                 + ("" if a != o else "  (the original is returned)" if self.fallback
+                    else "  (nothing replaced: the original, tuned and measured once)"),
                  f"speedup:  {self.speedup:.2f}x   ({self.device_measurements} device measurements, "
                  f"{self.seconds:.0f} s)"]
-        for title, row in (("original", o), ("adapted", a)):
-            if row.get("per_task") and (title == "original" or a != o):
-                lines.append(f"  {title}: {row.get('trials_per_task')} trials per task; tuned now: "
-                             f"{len(row.get('tuned_tasks', []))} of {row.get('tasks')} tasks")
+        rejected = (self.fallback or {}).get("adapted")
+        if rejected:
+            lines.insert(3, f"rejected: {_latency_line(rejected)} (the chosen replacements, measured end to end)")
+        for title, row in (("original", o), ("adapted" if a != o else "rejected", a if a != o else rejected or {})):
+            if row.get("per_task"):
+                lines.append(f"  {title}: {row.get('trials_per_task')} trials per task; "
+                             f"{len(row.get('tuned_tasks', []))} of its {row.get('tasks')} tasks tuned for it "
+                             "(the others were in the run's database)")
                 lines += ["    " + line for line in task_lines(row["per_task"])]
         for d in self.decisions:
             what = f"-> {d.rule}" if d.choice else "kept"
@@ -308,7 +314,8 @@ def _result(search: GOSearch, out: SearchOutcome, accuracy_budget: float, opts: 
         original_score=out.original_score, adapted_score=out.adapted_score, pareto=out.front, chosen=chosen,
         configurations=out.configurations, database=None, work_dir=work_dir, report_path=report_path,
         plot_path=plot_path, seconds=out.seconds, device_measurements=out.device_measurements,
-        candidates=candidates, database_dirs=database_dirs, new_measurements=out.new_measurements)
+        candidates=candidates, database_dirs=database_dirs, new_measurements=out.new_measurements,
+        fallback=out.fallback)
     result.database = result.tuning_database()
     return result
 

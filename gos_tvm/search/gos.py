@@ -290,8 +290,10 @@ def fall_back_to_original(state: dict, configs: Sequence[Configuration], chosen:
     for site, ckey in chosen.choices.items():
         if ckey is not None:
             decision = state["decisions"][site]
-            decision.update(choice=None, rule="original",
-                            reason=f"{why} (the site's kernel alone: {decision['reason']})")
+            # The kernel-level reason is kept aside once, so a resumed run (which falls back again,
+            # from a newer measurement) does not nest the reasons.
+            kernel_reason = decision.setdefault("kernel_reason", decision["reason"])
+            decision.update(choice=None, rule="original", reason=f"{why} (the site's kernel alone: {kernel_reason})")
     state["fallback"] = {"rejected": chosen.key, "adapted": adapted, "baseline": baseline}
     original = next(c for c in configs if not any(c.choices.values()))
     return original, baseline
