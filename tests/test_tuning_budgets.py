@@ -116,6 +116,16 @@ def test_adapted_model_tunes_only_its_new_tasks_and_a_larger_budget_continues(de
     info = tune_module_per_task(*original, "local", 3, work_dir=str(tmp_path / "logs" / "o2"), **kw)
     assert _tuned(info, original) <= exhausted and _raw_records(db, original, exhausted) == n_records
 
+    # A warm start: a new run's database seeded with these records has nothing left to tune.
+    from gos_tvm.hw import resolve_preset
+    from gos_tvm.hw.tuning import copy_records
+
+    warm = open_database(tmp_path / "warm")
+    assert copy_records(db, warm) == len(db.get_all_tuning_records())
+    target = resolve_preset("local").target
+    left = {t.task_name: n for t, _, n in task_budgets(prepare_relax(*original, target), target, warm, 3)}
+    assert all(n == 0 for name, n in left.items() if "reshape" not in name), left
+
 
 def _raw_records(db, model, leave_out: set[int]) -> int:
     """Every record (re-timings included) of `model`'s workloads but those in `leave_out`."""
@@ -250,6 +260,14 @@ def test_a_work_dir_with_per_model_databases_is_refused_untouched(small, tmp_pat
     with pytest.raises(ValueError, match="one tuning database per model"):
         _search(small, tmp_path, FakeMeasurer(), trials_per_task=2)
     assert (old / "database_tuning_record.json").exists()
+
+
+def test_a_warm_start_database_that_is_not_one_is_refused(small, tmp_path):
+    mod, params, x, y = small
+    with pytest.raises(ValueError, match="holds no MetaSchedule JSON database"):
+        GOSearch(mod, params, "local", calib_data=x, evaluate=lambda p: 1.0, accuracy_budget=1.0,
+                 work_dir=tmp_path / "w", options=SearchOptions(), measurer=FakeMeasurer(),
+                 warm_start_database=tmp_path / "nowhere")
 
 
 # ------------------------------------------------------------------------------ measuring until stable

@@ -199,6 +199,7 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
          trials_per_task: int | None = None, trials: int | None = None, time_budget: float | None = None,
          kernel_trials: int = 16, work_dir: str | os.PathLike = "gos_work", seed: int = 0,
          example_inputs: Any = None, warm_start: str | os.PathLike | None = None,
+         warm_start_database: str | os.PathLike | None = None,
          strategies: Sequence[SearchStrategy] | None = None, latency_model: ProgramLatencyModel | None = None,
          parts: TuningParts | None = None, measurer: Measurer | None = None, **options: Any) -> TuneResult:
     """Adapt a model to a device by Grassroots Operator Search.
@@ -223,6 +224,9 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
         time_budget: optional wall-clock bound (s) on each whole-model tuning session.
         kernel_trials: trials for each site's and each candidate's kernel.
         work_dir: where everything is kept; rerunning with the same arguments resumes.
+        warm_start_database: an earlier run's MetaSchedule database (its WORK_DIR/database, on the
+            same device): its records seed this run's database when it is new; its workloads
+            count as tuned up to the records it holds.
         strategies: the search strategies, run in order (default: greedy least-efficient-first, then
             evolution; `gos_tvm.search.strategies`).
         latency_model: the program-level latency model that ranks candidates (default: the
@@ -264,7 +268,8 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
 
     # The work directory is checked (a different model or device is refused) before any device starts.
     search = GOSearch(mod, params, device, calib_data=calib, evaluate=eval_fn, accuracy_budget=accuracy_budget,
-                      work_dir=work_dir, options=opts, warm_start=warm_start, strategies=strategies,
+                      work_dir=work_dir, options=opts, warm_start=warm_start, warm_start_database=warm_start_database,
+                      strategies=strategies,
                       latency_model=latency_model, parts=parts, measurer=measurer)
     pool = _device_pool(tracker, key, device) if measurer is None else contextlib.nullcontext((None, None))
     with pool as (trk, k):

@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=int, default=None,
                    help="compatibility: a whole-model total, spread evenly over the original model's tasks "
                         "(ignored when --trials-per-task is given)")
+    p.add_argument("--warm-start-database", default=None,
+                   help="an earlier run's WORK_DIR/database (same device): seeds this run's tuning database")
     p.add_argument("--time-budget", type=float, default=None,
                    help="wall-clock seconds bound on each whole-model tuning session")
     p.add_argument("--kernel-trials", type=int, default=16, help="trials per site/candidate kernel (default 16)")
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     tracker = args.tracker
     result = tune(mod, target, params=params, calib_data=calib, val_data=val, accuracy_budget=args.budget,
                   tracker=tracker, key=args.key, trials_per_task=args.trials_per_task, trials=args.trials,
-                  time_budget=args.time_budget, kernel_trials=args.kernel_trials,
+                  time_budget=args.time_budget, warm_start_database=args.warm_start_database, kernel_trials=args.kernel_trials,
                   work_dir=args.work_dir, seed=args.seed, max_sites=args.max_sites)
     print(result.summary())
     print(f"report: {result.report_path}\nPareto plot: {result.plot_path}")

@@ -53,7 +53,8 @@ class GOSearch:
                  tracker: tuple[str, int] | None = None, key: str | None = None,
                  warm_start: str | Path | None = None, measurer: Measurer | None = None,
                  strategies: Sequence[SearchStrategy] | None = None,
-                 latency_model: ProgramLatencyModel | None = None, parts: TuningParts | None = None):
+                 latency_model: ProgramLatencyModel | None = None, parts: TuningParts | None = None,
+                 warm_start_database: str | Path | None = None):
         from .. import graph
         from ..hw import resolve_preset
 
@@ -79,6 +80,7 @@ class GOSearch:
             self.latency_model.load(warm_start)
         self.strategies = list(strategies) if strategies is not None else default_strategies()
         self.parts = parts
+        self.warm_start_database = _check_database_dir(warm_start_database)
         self._measurer = measurer
         self._programs: dict[str, OpProgram] = {}
         # Set by `run` before the strategies start.
@@ -90,7 +92,7 @@ class GOSearch:
     def measurer(self) -> Measurer:
         if self._measurer is None:
             self._measurer = TunedMeasurer(self.device, self.tracker, self.key, self.store.database_dir, self.opt,
-                                           self.parts)
+                                           self.parts, warm_start_database=self.warm_start_database)
         return self._measurer
 
     @property
@@ -277,6 +279,17 @@ class GOSearch:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+
+
+def _check_database_dir(path: str | Path | None) -> Path | None:
+    """A warm-start database directory (an earlier run's WORK_DIR/database), checked before any device starts."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not (path / "database_tuning_record.json").is_file() or not (path / "database_workload.json").is_file():
+        raise ValueError(f"warm_start_database {path} holds no MetaSchedule JSON database (database_workload.json "
+                         "and database_tuning_record.json): pass an earlier run's WORK_DIR/database")
+    return path
 
 
 def fall_back_to_original(state: dict, configs: Sequence[Configuration], chosen: Configuration, adapted: dict,

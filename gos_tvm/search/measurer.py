@@ -131,10 +131,12 @@ class TunedMeasurer(Measurer):
     that measures nothing starts neither)."""
 
     def __init__(self, device: Any, tracker: tuple[str, int] | None, key: str | None, database_dir: Path,
-                 options: SearchOptions, parts: TuningParts | None = None):
+                 options: SearchOptions, parts: TuningParts | None = None,
+                 warm_start_database: str | Path | None = None):
         self.device, self.tracker, self.key = device, tracker, key
         self.database_dir, self.opt = Path(database_dir), options
         self.parts = parts or TuningParts()
+        self.warm_start_database = None if warm_start_database is None else Path(warm_start_database)
         self._builder = self._runner = None
         self._database: Any = None
 
@@ -150,7 +152,14 @@ class TunedMeasurer(Measurer):
 
     def database(self) -> Any:
         if self._database is None:
-            self._database = self.parts.database(self.database_dir)
+            db = self.parts.database(self.database_dir)
+            # A warm start: an earlier run's records (same device) seed a new run's database once;
+            # its workloads count as tuned (per-task budgets include their records).
+            if self.warm_start_database is not None and not len(db.get_all_tuning_records()):
+                from ..hw.tuning.database import copy_records
+
+                copy_records(self.parts.database(self.warm_start_database), db)
+            self._database = db
         return self._database
 
     def _cost_model(self) -> Any:

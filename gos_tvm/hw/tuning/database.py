@@ -69,6 +69,19 @@ def measured_trials(database: ms.database.Database, func: Union[tirx.PrimFunc, t
     return len({str(r.trace) for r in database_records(database, func)})
 
 
+def copy_records(source: ms.database.Database, target: ms.database.Database) -> int:
+    """Commit every tuning record of `source` into `target` (a warm start from an earlier run's
+    database); returns how many were copied."""
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    count = 0
+    for rec in source.get_all_tuning_records():
+        wl = target.commit_workload(rec.workload.mod)
+        target.commit_tuning_record(TuningRecord(rec.trace, wl, rec.run_secs, rec.target, rec.args_info))
+        count += 1
+    return count
+
+
 def kernel_workload(func: Union[tirx.PrimFunc, tvm.IRModule], symbol: str = "main") -> tvm.IRModule:
     """The workload module MetaSchedule stores for a kernel tuned under the name `symbol`
     (`tune_primfuncs` names each kernel by its task name)."""
@@ -154,4 +167,4 @@ def task_table(prepared: tvm.IRModule, target: Any, database: ms.database.Databa
 
 
 __all__ = ["FAILED_RUN_SECS", "open_database", "record_latency", "database_records", "best_record",
-           "measured_trials", "task_table", "kernel_workload", "remeasure_best", "database_kernel_sum"]
+           "measured_trials", "task_table", "copy_records", "kernel_workload", "remeasure_best", "database_kernel_sum"]
