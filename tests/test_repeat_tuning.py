@@ -82,6 +82,13 @@ def test_gos_tune_twice_in_one_process_with_different_work_dirs(foreign, tmp_pat
         assert res.work_dir == tmp_path / f"gos{i}" and res.report_path.exists()
         assert math.isfinite(res.original_latency["median_s"]) and math.isfinite(res.adapted_latency["median_s"])
         assert res.device_measurements > 0
+        # Issue 14: a per-task budget (the compat total 4 spread over the tasks), a measurement
+        # repeated until stable or said not to be, and a per-task table in the report.
+        lat = res.original_latency
+        assert lat["trials_per_task"] >= 1 and lat["rounds"] >= 1 and isinstance(lat["stable"], bool)
+        assert lat["min_s"] <= lat["median_s"] and len(lat["per_task"]) == lat["tasks"]
+        assert all(1 <= row["trials"] <= lat["trials_per_task"] for row in lat["per_task"]), lat["per_task"]
+        assert any(row["gflops"] for row in lat["per_task"]) and "GFLOP/s" in res.summary()
     # The same model, seed and data: the two independent runs agree on the original's accuracy.
     assert results[0].original_score == results[1].original_score
     assert np.isfinite(results[1].speedup)

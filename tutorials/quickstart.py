@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="digits-cnn", help="digits-cnn, resnet18-style, mobilenetv2-style, vgg-style")
     p.add_argument("--work-dir", default="quickstart_work")
     p.add_argument("--small", action="store_true", help="reduced epochs and tuning budgets")
-    p.add_argument("--trials", type=int, default=None)
+    p.add_argument("--trials-per-task", type=int, default=None)
     p.add_argument("--max-sites", type=int, default=None)
     return p.parse_args(argv)
 
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     work = Path(args.work_dir).resolve()
-    trials = args.trials or (8 if args.small else 32)
+    trials_per_task = args.trials_per_task or (2 if args.small else 8)
     kernel_trials = 2 if args.small else 8
     max_sites = args.max_sites if args.max_sites is not None else (1 if args.small else 2)
 
@@ -75,11 +75,13 @@ def main(argv=None) -> dict:
     # * ``calib_data``: inputs whose activations the replacements' weights are fitted to.
     # * ``val_data`` + ``accuracy_budget``: a candidate is kept only if validation accuracy drops
     #   by at most 0.01 (one percentage point).
-    # * ``trials``: the MetaSchedule budget for each whole model (original and adapted get the
-    #   same); ``kernel_trials``: per operator kernel; ``max_sites``: at most this many sites replaced.
+    # * ``trials_per_task``: the MetaSchedule budget for every task (kernel) of each whole model
+    #   (original and adapted get the same; both are tuned into one database in the work dir, so
+    #   the adapted model's unchanged kernels are not tuned again); ``kernel_trials``: per operator
+    #   kernel; ``max_sites``: at most this many sites replaced.
     result = gos_tvm.tune(mod, "local", params=params, calib_data=split.x_train,
                           val_data=(split.x_val, split.y_val), accuracy_budget=0.01,
-                          trials=trials, kernel_trials=kernel_trials, max_sites=max_sites,
+                          trials_per_task=trials_per_task, kernel_trials=kernel_trials, max_sites=max_sites,
                           work_dir=work / "gos", seed=0)
     print("[3] " + result.summary())
 

@@ -34,8 +34,9 @@ class TuneResult:
         pareto: the Pareto front of (latency, score) configurations; `chosen` is one of them.
         configurations: every configuration evaluated (scored, all kernels measured).
         candidates: every replacement some configuration uses, by key (program, fitted weights).
-        database: the MetaSchedule database the chosen configuration was tuned into;
-            `database_dirs`: where the 'original' and 'adapted' databases are (`tuning_database`).
+        database: the run's one MetaSchedule database (original model, kernels, adapted model);
+            `database_dirs`: where it is, under the names 'original' and 'adapted' (kept for
+            callers of the former two-database layout: both name the same directory).
         work_dir, report_path, plot_path: where everything is.
         seconds, device_measurements: the search's wall time; measurements in the work directory.
         new_measurements: the measurement keys this call measured (none twice across resumes).
@@ -63,6 +64,7 @@ class TuneResult:
     candidates: dict[str, Candidate] = field(default_factory=dict, repr=False)
     database_dirs: dict[str, Path] = field(default_factory=dict, repr=False)
     new_measurements: list[str] = field(default_factory=list, repr=False)
+    fallback: dict | None = field(default=None, repr=False)  # the rejected adapted model's measurement, if any
 
     @property
     def speedup(self) -> float:
@@ -72,10 +74,12 @@ class TuneResult:
         """The replacement `OpProgram` of a candidate key (a `Decision.choice`, a configuration's choice)."""
         return self.candidates[candidate].program
 
-    def tuning_database(self, name: str):
-        """The MetaSchedule database 'original' or 'adapted' (opened from `database_dirs`)."""
+    def tuning_database(self, name: str = "original"):
+        """The run's MetaSchedule database (`name`, 'original' or 'adapted', names the same one)."""
         from ..hw import open_database
 
+        if name not in self.database_dirs:
+            raise KeyError(f"no database {name!r}; names are {sorted(self.database_dirs)}")
         return open_database(str(self.database_dirs[name]))
 
     def build(self, config: Configuration | None = None):
@@ -90,9 +94,7 @@ class TuneResult:
 
         config = config or self.chosen
         mod, params = self.build(config)
-        # Replaced kernels were tuned into the adapted model's database; an all-original
-        # configuration is the original model, tuned into its own.
-        db = self.tuning_database("adapted" if any(config.choices.values()) else "original")
+        db = self.tuning_database()  # one database holds every model and kernel of the run
         return compile_tuned(mod, params, self.device, db)
 
     def export_library(self, path: str | os.PathLike, config: Configuration | None = None) -> Path:
@@ -107,14 +109,45 @@ class TuneResult:
         o, a = self.original_latency, self.adapted_latency
         emulated = " (EMULATED device: not board timings)" if self.device.emulated else ""
         lines = [f"device: {self.device.name} — {self.device.label}{emulated}",
-                 f"original: {o['median_s'] * 1e3:.3f} ms median, score {self.original_score:.4f}",
-                 f"adapted:  {a['median_s'] * 1e3:.3f} ms median, score {self.adapted_score:.4f}",
+                 f"original: {_latency_line(o)}, score {self.original_score:.4f}",
+                 f"adapted:  {_latency_line(a)}, score {self.adapted_score:.4f}"
+                 + ("" if a != o else "  (the original is returned)" if self.fallback
+                    else "  (nothing replaced: the original, tuned and measured once)"),
                  f"speedup:  {self.speedup:.2f}x   ({self.device_measurements} device measurements, "
                  f"{self.seconds:.0f} s)"]
+        rejected = (self.fallback or {}).get("adapted")
+        if rejected:
+            lines.insert(3, f"rejected: {_latency_line(rejected)} (the chosen replacements, measured end to end)")
+        for title, row in (("original", o), ("adapted" if a != o else "rejected", a if a != o else rejected or {})):
+            if row.get("per_task"):
+                lines.append(f"  {title}: {row.get('trials_per_task')} trials per task; "
+                             f"{len(row.get('tuned_tasks', []))} of its {row.get('tasks')} tasks tuned for it "
+                             "(the others were in the run's database)")
+                lines += ["    " + line for line in task_lines(row["per_task"])]
         for d in self.decisions:
             what = f"-> {d.rule}" if d.choice else "kept"
             lines.append(f"  {d.site:<28} {d.kind:<9} {what:<34} {d.reason}")
         return "\n".join(lines)
+
+
+def _latency_line(row: Mapping[str, Any]) -> str:
+    """'0.512 ms median, 0.498 ms min (spread 2.1%, 2 rounds)', or '... NOT stable' when the
+    timings never settled within the rounds allowed."""
+    text = f"{row['median_s'] * 1e3:.3f} ms median, {row['min_s'] * 1e3:.3f} ms min"
+    if "spread" in row:
+        text += (f" (spread {row['spread'] * 100:.1f}%, {row.get('rounds', 1)} rounds"
+                 + ("" if row.get("stable", True) else ", NOT stable: a shared or noisy device") + ")")
+    return text
+
+
+def task_lines(table: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The per-task table of a model measurement (`gos_tvm.hw.tuning.task_table` rows) as text."""
+    lines = [f"{'task':<44} {'calls':>5} {'trials':>6} {'latency':>11} {'GFLOP/s':>8}"]
+    for r in table:
+        lat = f"{r['latency_s'] * 1e6:.1f} us" if r.get("latency_s") is not None else "-"
+        gf = f"{r['gflops']:.2f}" if r.get("gflops") is not None else "-"
+        lines.append(f"{r['task'][:44]:<44} {r['weight']:>5} {r['trials']:>6} {lat:>11} {gf:>8}")
+    return lines
 
 
 @contextlib.contextmanager
@@ -153,8 +186,10 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
          calib_data: np.ndarray, val_data: tuple[np.ndarray, np.ndarray] | None = None,
          eval_fn: EvalFn | None = None, accuracy_budget: float = 0.01,
          tracker: tuple[str, int] | str | None = None, key: str | None = None,
-         trials: int = 64, kernel_trials: int = 16, work_dir: str | os.PathLike = "gos_work", seed: int = 0,
+         trials_per_task: int | None = None, trials: int | None = None, time_budget: float | None = None,
+         kernel_trials: int = 16, work_dir: str | os.PathLike = "gos_work", seed: int = 0,
          example_inputs: Any = None, warm_start: str | os.PathLike | None = None,
+         warm_start_database: str | os.PathLike | None = None,
          strategies: Sequence[SearchStrategy] | None = None, latency_model: ProgramLatencyModel | None = None,
          parts: TuningParts | None = None, measurer: Measurer | None = None, **options: Any) -> TuneResult:
     """Adapt a model to a device by Grassroots Operator Search.
@@ -169,12 +204,22 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
         accuracy_budget: the largest allowed drop of the score (0.01 = one percentage point).
         tracker, key: the RPC tracker `(host, port)` and device key; None starts a tracker and a
             server on loopback (the local device, or an emulated preset's qemu server).
-        trials: MetaSchedule trials for each whole model (the original and the adapted, same budget).
+        trials_per_task: MetaSchedule trials for every task of the original and of the adapted
+            model (the same budget for both; default `DEFAULT_TRIALS_PER_TASK`).  Everything a run
+            tunes goes into one database in the work directory, so the adapted model's unchanged
+            tasks keep exactly the original's records and only its new tasks are tuned; rerunning
+            with a larger budget continues from the records there.
+        trials: the former whole-model total, kept for compatibility: without `trials_per_task`
+            it is spread evenly, ceil(trials / tasks of the original model) per task.
+        time_budget: optional wall-clock bound (s) on each whole-model tuning session.
         kernel_trials: trials for each site's and each candidate's kernel.
         work_dir: where everything is kept; rerunning with the same arguments resumes.  A work
             directory of another run (another model, calibration or validation data, device,
             accuracy budget or option, e.g. a larger `trials`) is refused untouched: tune with
             other settings in a new work_dir (`warm_start` can reuse the old cost_model.json).
+        warm_start_database: an earlier run's MetaSchedule database (its WORK_DIR/database, on the
+            same device): its records seed this run's database when it is new; its workloads
+            count as tuned up to the records it holds.
         strategies: the search strategies, run in order (default: greedy least-efficient-first, then
             evolution; `gos_tvm.search.strategies`).
         latency_model: the program-level latency model that ranks candidates (default: the
@@ -184,9 +229,11 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
         measurer: where latencies come from instead of the device (e.g. the fake device
             `gos_tvm.search.FakeMeasurer`); then no tracker or server is used.
         options: further `SearchOptions` (max_sites, tries_per_site, measure_per_site,
-            max_flops_ratio, depth, fit_steps, calib_samples, generations, population, repeat;
-            distillation: distill (default True; False keeps layer-wise fitting only), distill_steps,
-            final_distill_steps, distill_lr, distill_temperature, distill_task).
+            max_flops_ratio, depth, fit_steps, calib_samples, generations, population, repeat,
+            max_spread, max_rounds: the end-to-end timings repeat in rounds of `repeat` until their
+            spread is at most `max_spread`, at most `max_rounds` rounds; distillation: distill
+            (default True; False keeps layer-wise fitting only), distill_steps, final_distill_steps,
+            distill_lr, distill_temperature, distill_task).
 
     Raises:
         UserError (a ValueError) naming the bad argument, before any work starts or anything
@@ -197,14 +244,17 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
     # Everything is checked before any work starts (UserError names the bad value).
     checked = validate_tune_inputs(mod, target, params=params, calib_data=calib_data, val_data=val_data,
                                    eval_fn=eval_fn, accuracy_budget=accuracy_budget, tracker=tracker, key=key,
-                                   options=dict(trials=trials, kernel_trials=kernel_trials, seed=seed, **options),
+                                   options=dict(trials=trials, trials_per_task=trials_per_task,
+                                                time_budget=time_budget, kernel_trials=kernel_trials, seed=seed,
+                                                **options),
                                    example_inputs=example_inputs, warm_start=warm_start)
     device, tracker, mod, params, calib, eval_fn, opts = (checked[k] for k in (
         "device", "tracker", "mod", "params", "calib", "eval_fn", "options"))
 
     # The work directory is checked (a different model or device is refused) before any device starts.
     search = GOSearch(mod, params, device, calib_data=calib, evaluate=eval_fn, accuracy_budget=accuracy_budget,
-                      work_dir=work_dir, options=opts, warm_start=warm_start, strategies=strategies,
+                      work_dir=work_dir, options=opts, warm_start=warm_start, warm_start_database=warm_start_database,
+                      strategies=strategies,
                       latency_model=latency_model, parts=parts, measurer=measurer)
     pool = _device_pool(tracker, key, device) if measurer is None else contextlib.nullcontext((None, None))
     with pool as (trk, k):
@@ -224,6 +274,8 @@ def _result(search: GOSearch, out: SearchOutcome, accuracy_budget: float, opts: 
         "original": {"latency": out.baseline, "score": out.original_score},
         "adapted": {"latency": out.adapted, "score": out.adapted_score},
         "speedup": out.baseline["median_s"] / out.adapted["median_s"],
+        # the per-task budget both models were tuned to (their `per_task` tables: trials, latency, GFLOP/s)
+        "trials_per_task": search.trials_per_task,
         "accuracy_budget": accuracy_budget,
         "decisions": [vars(d) for d in out.decisions],
         "skipped_sites": [vars(s) for s in search.analysis.skipped],
@@ -244,7 +296,7 @@ def _result(search: GOSearch, out: SearchOutcome, accuracy_budget: float, opts: 
     plot_path = plot_pareto(work_dir / "pareto.png", out.configurations, out.front, chosen,
                             out.original_score - accuracy_budget,
                             title=f"GOS on {device.name}" + (" (emulated)" if device.emulated else ""))
-    database_dirs = {name: search.store.database_dir / name for name in ("original", "adapted")}
+    database_dirs = {name: search.store.database_dir for name in ("original", "adapted")}
     candidates = out.candidates
     adapted_mod, adapted_params = build_adapted(search.mod, search.params,
                                                 [candidates[c] for c in chosen.choices.values() if c is not None])
@@ -254,8 +306,9 @@ def _result(search: GOSearch, out: SearchOutcome, accuracy_budget: float, opts: 
         original_score=out.original_score, adapted_score=out.adapted_score, pareto=out.front, chosen=chosen,
         configurations=out.configurations, database=None, work_dir=work_dir, report_path=report_path,
         plot_path=plot_path, seconds=out.seconds, device_measurements=out.device_measurements,
-        candidates=candidates, database_dirs=database_dirs, new_measurements=out.new_measurements)
-    result.database = result.tuning_database("adapted" if any(chosen.choices.values()) else "original")
+        candidates=candidates, database_dirs=database_dirs, new_measurements=out.new_measurements,
+        fallback=out.fallback)
+    result.database = result.tuning_database()
     return result
 
 

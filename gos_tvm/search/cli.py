@@ -29,7 +29,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the RPC tracker the device's servers registered with (default: start one with a server "
                         "on loopback)")
     p.add_argument("--key", help="RPC key of the device (default: the preset's)")
-    p.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per whole model (default 64)")
+    p.add_argument("--trials-per-task", type=int, default=None,
+                   help="MetaSchedule trials for every task of the original and the adapted model "
+                        "(default 16; rerun with more in the same --work-dir to continue tuning)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="compatibility: a whole-model total, spread evenly over the original model's tasks "
+                        "(ignored when --trials-per-task is given)")
+    p.add_argument("--warm-start-database", default=None,
+                   help="an earlier run's WORK_DIR/database (same device): seeds this run's tuning database")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="wall-clock seconds bound on each whole-model tuning session")
     p.add_argument("--kernel-trials", type=int, default=16, help="trials per site/candidate kernel (default 16)")
     p.add_argument("--budget", type=float, default=0.01, help="allowed accuracy drop (default 0.01 = 1 point)")
     p.add_argument("--max-sites", type=int, default=None, help="replace at most this many sites")
@@ -47,16 +56,19 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .validate import UserError, check_device, check_float, check_int, check_options
+    from .validate import RESUMABLE_OPTIONS, UserError, check_device, check_float, check_int, check_options
 
     # Everything that can be checked without the model, first: a wrong --target, --tracker or budget
     # fails in seconds, before a model is trained or anything is written to the work directory.
-    for flag, value, least in (("--trials", args.trials, 1), ("--kernel-trials", args.kernel_trials, 1),
-                               ("--max-sites", args.max_sites, 0), ("--seed", args.seed, 0)):
-        check_int(flag, value, least, allow_none=flag == "--max-sites")
+    for flag, value, least in (("--trials", args.trials, 1), ("--trials-per-task", args.trials_per_task, 1),
+                               ("--kernel-trials", args.kernel_trials, 1), ("--max-sites", args.max_sites, 0),
+                               ("--seed", args.seed, 0)):
+        check_int(flag, value, least, allow_none=flag in ("--max-sites", "--trials", "--trials-per-task"))
+    if args.time_budget is not None:
+        check_float("--time-budget", args.time_budget, 0.0, min_exclusive=True)
     check_float("--budget", args.budget, 0.0)
-    opts = check_options(dict(trials=args.trials, kernel_trials=args.kernel_trials, max_sites=args.max_sites,
-                              distill=args.distill,
+    opts = check_options(dict(trials=args.trials, trials_per_task=args.trials_per_task, time_budget=args.time_budget,
+                              kernel_trials=args.kernel_trials, max_sites=args.max_sites, distill=args.distill,
                               seed=args.seed))
     target = args.target
     if args.emulated:
@@ -72,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     # What this run is, as far as known before the model: a work directory of another run is refused
     # before a model is trained into it (the rest -- model, data -- is compared by tune()).
     known = {"device": device.name, "target": str(device.target), "accuracy_budget": float(args.budget),
-             **vars(opts), **({"emulated": True} if device.emulated else {})}
+             **{k: v for k, v in vars(opts).items() if k not in RESUMABLE_OPTIONS},
+             **({"emulated": True} if device.emulated else {})}
     check_identity(args.work_dir, known, partial=True)
 
     if args.onnx and args.dataset:
@@ -115,8 +128,10 @@ def run(args: argparse.Namespace) -> int:
         mod, params = graph.from_torch(model, __import__("torch").from_numpy(split.x_train[:1]))
         calib, val = split.x_train, (split.x_val, split.y_val)
     result = tune(mod, target, params=params, calib_data=calib, val_data=val, accuracy_budget=args.budget,
-                  tracker=args.tracker, key=args.key, trials=args.trials, kernel_trials=args.kernel_trials,
-                  work_dir=args.work_dir, seed=args.seed, max_sites=args.max_sites, distill=args.distill)
+                  tracker=args.tracker, key=args.key, trials_per_task=args.trials_per_task, trials=args.trials,
+                  time_budget=args.time_budget, warm_start_database=args.warm_start_database,
+                  kernel_trials=args.kernel_trials, work_dir=args.work_dir, seed=args.seed, max_sites=args.max_sites,
+                  distill=args.distill)
     print(result.summary())
     print(f"report: {result.report_path}\nPareto plot: {result.plot_path}")
     if args.export:

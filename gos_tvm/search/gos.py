@@ -1,15 +1,18 @@
 """The GOS loop: operator replacement jointly with schedules, measured on the device.
 
-    1. baseline     tune the original model with MetaSchedule (budget `trials`), compile it with
-                    the database applied, measure it end to end on the device; its accuracy.
+    1. baseline     tune the original model with MetaSchedule (`trials_per_task` for every task, into
+                    the run's one database), compile it with the database applied, measure it end to
+                    end on the device until the timings are stable; its accuracy.
     2. complexity   tune and measure every site's operator as a kernel: each site's share of the
                     model's latency.
     3. strategies   choose per-site replacements (`strategies.py`; by default greedy least-
                     efficient-first with bisection of the latency model's ranking, then evolution).
     4. final        Pareto front of (latency, accuracy); the fastest configuration within the
                     accuracy budget (after a longer end-to-end distillation, `distillation.py`) is
-                    tuned with the same budget as the original, compiled and measured end to end
-                    on the device; if it measures slower, the original.
+                    tuned with the same per-task budget as the original (its unchanged tasks are in
+                    the database already: only new tasks are tuned), compiled and measured end to
+                    end; if it measures slower, the original.  A configuration that replaces nothing
+                    is the original: no second tuning, no second measurement, 1.00x.
 
 The parts are passed in: the `Measurer` (the device, or a fake one), the strategies and the
 program-level latency model.  Every device measurement is written to the work directory's log
@@ -37,7 +40,7 @@ from .pareto import Configuration, choose, pareto_front
 from .results import Candidate, Decision, EvalFn, SearchOptions, SearchOutcome
 from .store import WorkDir
 from .strategies import SearchStrategy, config_key, default_strategies
-from .validate import run_identity
+from .validate import RESUMABLE_OPTIONS, run_identity
 
 
 class GOSearch:
@@ -52,7 +55,8 @@ class GOSearch:
                  tracker: tuple[str, int] | None = None, key: str | None = None,
                  warm_start: str | Path | None = None, measurer: Measurer | None = None,
                  strategies: Sequence[SearchStrategy] | None = None,
-                 latency_model: ProgramLatencyModel | None = None, parts: TuningParts | None = None):
+                 latency_model: ProgramLatencyModel | None = None, parts: TuningParts | None = None,
+                 warm_start_database: str | Path | None = None):
         from .. import graph
         from ..hw import resolve_preset
 
@@ -70,12 +74,17 @@ class GOSearch:
         self.store = WorkDir(work_dir, identity)
         self.state = self.store.load_state() or {"scores": {}, "candidates": {}, "decisions": {},
                                                  "configs": {}, "phase": "start"}
+        # The whole-model budgets may change between runs of one work directory: each is recorded.
+        budgets = {k: getattr(options, k) for k in RESUMABLE_OPTIONS}
+        if not self.state.get("budgets") or self.state["budgets"][-1] != budgets:
+            self.state.setdefault("budgets", []).append(budgets)
         self.latency_model = latency_model or LatencyModel(self.device.name, self.store.path / "cost_model.json",
                                                            seed=options.seed)
         if warm_start:
             self.latency_model.load(warm_start)
         self.strategies = list(strategies) if strategies is not None else default_strategies()
         self.parts = parts
+        self.warm_start_database = _check_database_dir(warm_start_database)
         self._measurer = measurer
         self._programs: dict[str, OpProgram] = {}
         self.distiller = SearchDistiller(self)
@@ -88,7 +97,7 @@ class GOSearch:
     def measurer(self) -> Measurer:
         if self._measurer is None:
             self._measurer = TunedMeasurer(self.device, self.tracker, self.key, self.store.database_dir, self.opt,
-                                           self.parts)
+                                           self.parts, warm_start_database=self.warm_start_database)
         return self._measurer
 
     @property
@@ -127,13 +136,31 @@ class GOSearch:
                         self.latency_model.update([program], [lat])
         return out
 
+    @functools.cached_property
+    def trials_per_task(self) -> int:
+        """The per-task budget of whole-model tuning, the same for the original and the adapted model
+        (`SearchOptions.model_trials_per_task`; the compatibility `trials` is divided by the
+        original model's task count)."""
+        if self.opt.trials_per_task is not None or self.opt.trials is None:
+            return self.opt.model_trials_per_task(0)
+        from tvm.s_tir import meta_schedule as ms
+
+        from ..hw.tuning import prepare_relax
+
+        target = self.device.target
+        n_tasks = len(ms.relax_integration.extract_tasks(prepare_relax(self.mod, self.params, target), target))
+        return self.opt.model_trials_per_task(n_tasks)
+
     def model_latency(self, name: str, mod, params) -> dict:
-        """Tune (budget `trials`), compile with the database applied, and measure end to end."""
-        key = f"model:{name}:{fingerprint(mod, params)}"
+        """Tune every task up to the per-task budget (tasks already in the run's database are not
+        tuned again), compile with the database applied, and measure end to end until stable.
+        The log key holds the budget: a rerun with a larger one continues tuning."""
+        per_task = self.trials_per_task
+        key = f"model:{name}:{fingerprint(mod, params)}:{per_task}pt"
         row = self.store.measured(key)
         if row is not None:
             return row
-        data = self.measurer.model(name, mod, params, self.calib[:1])
+        data = self.measurer.model(name, mod, params, self.calib[:1], trials_per_task=per_task)
         return self.store.record_measurement(key, kind="model", name=name, **data)
 
     # ------------------------------------------------------------------ accuracy and fitting
@@ -271,6 +298,17 @@ class GOSearch:
 # ---------------------------------------------------------------------------------------- helpers
 
 
+def _check_database_dir(path: str | Path | None) -> Path | None:
+    """A warm-start database directory (an earlier run's WORK_DIR/database), checked before any device starts."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not (path / "database_tuning_record.json").is_file() or not (path / "database_workload.json").is_file():
+        raise ValueError(f"warm_start_database {path} holds no MetaSchedule JSON database (database_workload.json "
+                         "and database_tuning_record.json): pass an earlier run's WORK_DIR/database")
+    return path
+
+
 def fall_back_to_original(state: dict, configs: Sequence[Configuration], chosen: Configuration, adapted: dict,
                           baseline: dict) -> tuple[Configuration, dict]:
     """The chosen configuration was estimated faster from its kernels but measured slower end to
@@ -282,8 +320,10 @@ def fall_back_to_original(state: dict, configs: Sequence[Configuration], chosen:
     for site, ckey in chosen.choices.items():
         if ckey is not None:
             decision = state["decisions"][site]
-            decision.update(choice=None, rule="original",
-                            reason=f"{why} (the site's kernel alone: {decision['reason']})")
+            # The kernel-level reason is kept aside once, so a resumed run (which falls back again,
+            # from a newer measurement) does not nest the reasons.
+            kernel_reason = decision.setdefault("kernel_reason", decision["reason"])
+            decision.update(choice=None, rule="original", reason=f"{why} (the site's kernel alone: {kernel_reason})")
     state["fallback"] = {"rejected": chosen.key, "adapted": adapted, "baseline": baseline}
     original = next(c for c in configs if not any(c.choices.values()))
     return original, baseline

@@ -3,6 +3,7 @@
 reach into the search object."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -20,7 +21,14 @@ EvalFn = Callable[[Predict], float]
 class SearchOptions:
     """Budgets of one search (see `gos_tvm.tune`)."""
 
-    trials: int = 64                 # MetaSchedule trials for each whole model (original and adapted)
+    # Whole-model tuning: every task of the original and of the adapted model is tuned up to
+    # `trials_per_task` measured candidates in the work directory's one database (a task the
+    # database already holds that many records of is not tuned again).  `trials` is the former
+    # whole-model total, kept for compatibility: given without `trials_per_task` it means
+    # ceil(trials / tasks of the original model) per task.  Neither: DEFAULT_TRIALS_PER_TASK.
+    trials_per_task: int | None = None
+    trials: int | None = None
+    time_budget: float | None = None  # wall-clock seconds bound on each whole-model tuning session
     kernel_trials: int = 16          # MetaSchedule trials for each site / candidate kernel
     max_sites: int | None = None     # replace at most this many sites (None: all)
     tries_per_site: int = 6          # candidates fitted and accuracy-checked per site (bisection steps)
@@ -31,7 +39,9 @@ class SearchOptions:
     calib_samples: int = 256
     generations: int = 2
     population: int = 4
-    repeat: int = 10                 # end-to-end timings
+    repeat: int = 10                 # end-to-end timings per round
+    max_spread: float = 0.05         # rounds repeat until (p75 - p25) / median of all timings is below this
+    max_rounds: int = 4              # ... or this many rounds were timed (then the report says: not stable)
     seed: int = 0
     # End-to-end distillation (`gos_tvm.fit.distill`) against the original model on the calibration
     # inputs: a candidate whose layer-wise fit misses the budget is judged after a short
@@ -42,6 +52,29 @@ class SearchOptions:
     distill_lr: float = 1e-2
     distill_temperature: float = 4.0
     distill_task: str = "auto"       # 'classification' (KL), 'regression' (MSE), 'auto': by output width
+
+    def __post_init__(self) -> None:
+        for name in ("trials_per_task", "trials"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be a positive number of seconds, got {self.time_budget!r}")
+        if self.max_rounds < 1 or self.repeat < 1:
+            raise ValueError("repeat and max_rounds must be >= 1")
+
+    def model_trials_per_task(self, n_tasks: int) -> int:
+        """The per-task budget of whole-model tuning, for an original model of `n_tasks` tasks."""
+        if self.trials_per_task is not None:
+            return int(self.trials_per_task)
+        if self.trials is not None:
+            return max(1, math.ceil(self.trials / max(n_tasks, 1)))
+        return DEFAULT_TRIALS_PER_TASK
+
+
+#: Per-task budget of whole-model tuning when none is given: on the 2-core host a conv kernel's
+#: best record keeps improving slowly past this, but most of the gain is in (see README, budgets).
+DEFAULT_TRIALS_PER_TASK = 16
 
 
 @dataclass
@@ -106,4 +139,4 @@ class SearchOutcome:
     distillation: dict = field(default_factory=dict)  # how candidates were distilled (see GOSearch)
 
 
-__all__ = ["SearchOptions", "Decision", "Candidate", "SearchOutcome", "Predict", "EvalFn"]
+__all__ = ["SearchOptions", "DEFAULT_TRIALS_PER_TASK", "Decision", "Candidate", "SearchOutcome", "Predict", "EvalFn"]

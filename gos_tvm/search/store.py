@@ -6,7 +6,8 @@
       measurements.jsonl    append-only log of every device measurement, one JSON per line
       state.json            search decisions so far (replaced atomically)
       cost_model.json       samples of the XGBoost latency model (warm start for later runs)
-      database/             the MetaSchedule tuning database
+      database/             the run's one MetaSchedule tuning database (original model, site and
+                            candidate kernels, adapted model); database/logs/ MetaSchedule's logs
       weights/              fitted replacement weights, one .npz per (site, candidate)
       report.json, pareto.png
 
@@ -60,6 +61,7 @@ class WorkDir:
         self.identity = json.loads(json.dumps(dict(identity), default=_default))
         self._claimed = False
         self._check_identity(self.identity)
+        self._check_database_layout()
         self.measurements: dict[str, dict] = self._load_measurements()
         self.new_measurements: list[str] = []  # keys measured by this process (tests count repeats)
 
@@ -79,7 +81,7 @@ class WorkDir:
             write_json_atomic(self.path / "run.json", self.identity)
         # MetaSchedule's JSON databases are appended line by line too, and TVM refuses to open one
         # whose last line a kill cut short ("Unexpected end of string"): drop such a line.
-        for db_file in sorted((self.path / "database").glob("*/database_*.json")):
+        for db_file in sorted((self.path / "database").glob("database_*.json")):
             drop_torn_last_line(db_file)
         self._claimed = True
 
@@ -87,6 +89,16 @@ class WorkDir:
 
     def _check_identity(self, identity: dict) -> None:
         check_identity(self.path, identity)
+
+    def _check_database_layout(self) -> None:
+        """Refuse a work directory written before the run had one database (database/original,
+        database/adapted, database/kernels: one per model), rather than mixing the layouts."""
+        old = sorted(p.parent.name for p in (self.path / "database").glob("*/database_tuning_record.json"))
+        if old:
+            raise UserError(f"work_dir {self.path} was written by an older gos_tvm that kept one tuning database "
+                             f"per model ({', '.join('database/' + n for n in old)}); this version keeps one "
+                             "database for the whole run in database/. Use a new work_dir (or delete this one "
+                             "to start over); the old directory is left as it is.")
 
     # --- measurements ---------------------------------------------------------------
 

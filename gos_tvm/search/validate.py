@@ -45,8 +45,8 @@ def check_float(name: str, value: Any, minimum: float, maximum: float = math.inf
 
 #: the least value of each integer search option (see `SearchOptions`; max_flops_ratio is in (0, 1]).
 #: An option missing here is passed on unchecked.
-_OPTION_MINIMUM: dict[str, int] = {"trials": 1, "kernel_trials": 1, "max_sites": 0, "tries_per_site": 1,
-                                   "measure_per_site": 1, "depth": 1, "fit_steps": 0, "calib_samples": 2,
+_OPTION_MINIMUM: dict[str, int] = {"trials": 1, "trials_per_task": 1, "max_rounds": 1, "kernel_trials": 1,
+                                   "max_sites": 0, "tries_per_site": 1, "measure_per_site": 1, "depth": 1, "fit_steps": 0, "calib_samples": 2,
                                    "generations": 0, "population": 1, "repeat": 1, "seed": 0,
                                    "distill_steps": 0, "final_distill_steps": 0}
 
@@ -66,8 +66,11 @@ def check_options(options: Mapping[str, Any]):
             check_float(name, value, 0.0, float("inf"), min_exclusive=True)
         elif name == "distill_task" and value not in ("auto", "classification", "regression"):
             raise UserError(f"distill_task must be 'auto', 'classification' or 'regression', got {value!r}")
+        elif name == "time_budget":
+            if value is not None:
+                check_float(name, value, 0.0, min_exclusive=True)
         elif name in _OPTION_MINIMUM:
-            check_int(name, value, _OPTION_MINIMUM[name], allow_none=name == "max_sites")
+            check_int(name, value, _OPTION_MINIMUM[name], allow_none=name in ("max_sites", "trials", "trials_per_task"))
     return SearchOptions(**options)
 
 
@@ -214,6 +217,10 @@ def score_identity(eval_fn: Callable) -> str:
     return f"eval_fn {getattr(eval_fn, '__module__', '?')}.{getattr(eval_fn, '__qualname__', repr(eval_fn))}"
 
 
+#: Options a work directory may be resumed with changed (the state records each run's budgets).
+RESUMABLE_OPTIONS = ("trials", "trials_per_task", "time_budget")
+
+
 def run_identity(model_fingerprint: str, device, options, calib: np.ndarray, eval_fn: Callable,
                  accuracy_budget: float) -> dict[str, Any]:
     """Everything that changes a search's results, as stored in (and compared with) run.json.
@@ -228,7 +235,9 @@ def run_identity(model_fingerprint: str, device, options, calib: np.ndarray, eva
                                 "accuracy_budget": float(accuracy_budget)}
     if device.emulated:  # emulation timings must never be resumed as the board's
         identity["emulated"] = True
-    identity.update(vars(options))  # trials, kernel_trials, max_sites, ..., seed
+    # Whole-model tuning budgets are not part of it: resuming with a larger one continues tuning from
+    # the records in the database (the measurement-log keys of model latencies carry the budget).
+    identity.update({k: v for k, v in vars(options).items() if k not in RESUMABLE_OPTIONS})
     return identity
 
 

@@ -61,6 +61,27 @@ def best_record(database: ms.database.Database, func: Union[tirx.PrimFunc, tvm.I
             best = (lat, rec)
     return best
 
+def measured_trials(database: ms.database.Database, func: Union[tirx.PrimFunc, tvm.IRModule]) -> int:
+    """How many distinct candidates of `func`'s workload were measured into `database` (failed ones
+    included): its tuning trials so far.  `remeasure_best` commits the best schedule again as a new
+    record with the same trace; counting distinct traces keeps those re-timings out, so a resumed
+    per-task budget continues from the trials actually spent."""
+    return len({str(r.trace) for r in database_records(database, func)})
+
+
+def copy_records(source: ms.database.Database, target: ms.database.Database) -> int:
+    """Commit every tuning record of `source` into `target` (a warm start from an earlier run's
+    database); returns how many were copied."""
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    count = 0
+    for rec in source.get_all_tuning_records():
+        wl = target.commit_workload(rec.workload.mod)
+        target.commit_tuning_record(TuningRecord(rec.trace, wl, rec.run_secs, rec.target, rec.args_info))
+        count += 1
+    return count
+
+
 def kernel_workload(func: Union[tirx.PrimFunc, tvm.IRModule], symbol: str = "main") -> tvm.IRModule:
     """The workload module MetaSchedule stores for a kernel tuned under the name `symbol`
     (`tune_primfuncs` names each kernel by its task name)."""
@@ -124,5 +145,26 @@ def database_kernel_sum(prepared: tvm.IRModule, target: Any, database: ms.databa
     return total
 
 
+def task_table(prepared: tvm.IRModule, target: Any, database: ms.database.Database) -> list[dict]:
+    """One row per tuning task of a prepared module: `task` (its name), `weight` (calls per model
+    run), `trials` (`measured_trials`), `latency_s` (best record; None without one), `flops`
+    (TVM's `estimate_tir_flops`) and `gflops` (GFLOP/s at the best record)."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    rows = []
+    for task in ms.relax_integration.extract_tasks(prepared, target):
+        wl = task.dispatched[0]
+        lat, _ = best_record(database, wl)
+        try:
+            flops = float(estimate_tir_flops(wl))
+        except Exception:  # noqa: BLE001 - a kernel TVM cannot count (e.g. data-dependent loops)
+            flops = None
+        ok = math.isfinite(lat)
+        rows.append({"task": task.task_name, "weight": int(task.weight), "trials": measured_trials(database, wl),
+                     "latency_s": lat if ok else None, "flops": flops,
+                     "gflops": flops / lat / 1e9 if ok and flops and lat > 0 else None})
+    return rows
+
+
 __all__ = ["FAILED_RUN_SECS", "open_database", "record_latency", "database_records", "best_record",
-           "kernel_workload", "remeasure_best", "database_kernel_sum"]
+           "measured_trials", "task_table", "copy_records", "kernel_workload", "remeasure_best", "database_kernel_sum"]

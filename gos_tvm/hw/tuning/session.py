@@ -82,12 +82,20 @@ class GuardedRoundRobin(PyTaskScheduler):
     batch, nothing counts, and the stock schedulers pick it again forever.  Here a task whose
     batches come back empty `max_empty_batches` times in a row is terminated.  `max_seconds`
     optionally bounds the whole session (the batch in flight is finished and recorded first).
+
+    `budgets` (one per task, in task order) gives each task its own trial budget: a task is
+    terminated once the batches it got back hold that many candidates (the last batch may overshoot
+    by less than one batch; pass the session's `max_trials_per_task` >= every budget).  Used to
+    give every task of a model the same per-task budget when some of them already hold records.
     """
 
-    def __init__(self, max_empty_batches: int = 2, max_seconds: Optional[float] = None) -> None:
+    def __init__(self, max_empty_batches: int = 2, max_seconds: Optional[float] = None,
+                 budgets: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         self.max_empty_batches = int(max_empty_batches)
         self.max_seconds = max_seconds
+        self.budgets = None if budgets is None else [int(b) for b in budgets]
+        self.trials: dict[int, int] = {}  # candidates measured per task in this session
         self._last = -1
         self._empty: dict[int, int] = {}
         self._start: Optional[float] = None
@@ -104,9 +112,12 @@ class GuardedRoundRobin(PyTaskScheduler):
         if 0 <= last < len(tasks) and not tasks[last].is_terminated:
             results = outer.join_running_task(last)   # records the batch (database, cost model)
             self._empty[last] = 0 if len(results) else self._empty.get(last, 0) + 1
+            self.trials[last] = self.trials.get(last, 0) + len(results)
             if self._empty[last] >= self.max_empty_batches:
                 outer.terminate_task(last)
                 self.terminated_empty.append(last)
+            elif self.budgets is not None and self.trials[last] >= self.budgets[last]:
+                outer.terminate_task(last)  # its own budget is spent
         if self.max_seconds is not None and time.monotonic() - self._start > self.max_seconds:
             return -1
         n = len(tasks)
@@ -361,6 +372,68 @@ def tune_module(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
     return database
 
 
+def task_budgets(prepared: tvm.IRModule, target: Union[str, dict, Preset, tvm.target.Target],
+                 database: ms.database.Database, trials_per_task: int) -> list[tuple[Any, int, int]]:
+    """(extracted task, trials already in `database`, trials still to spend) for every tuning task
+    of a prepared module, each task budgeted `trials_per_task` in all (`measured_trials` counts
+    what the database holds: a workload another model or an earlier run tuned is not tuned again)."""
+    from .database import measured_trials
+
+    tgt = resolve_target(target)
+    out = []
+    for task in ms.relax_integration.extract_tasks(prepared, tgt):
+        done = measured_trials(database, task.dispatched[0])
+        out.append((task, done, max(int(trials_per_task) - done, 0)))
+    return out
+
+
+def tune_module_per_task(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
+                         target: Union[str, dict, Preset, tvm.target.Target], trials_per_task: int, *,
+                         database: ms.database.Database, work_dir: str,
+                         tracker: Optional[tuple[str, int]] = None, key: Optional[str] = None,
+                         runner: Optional[Any] = None, builder: Optional[Any] = None, trials_per_iter: int = 16,
+                         cost_model: Union[str, ms.cost_model.CostModel, None] = None, strategy: Any = None,
+                         seed: Optional[int] = None, max_seconds: Optional[float] = None) -> dict:
+    """Tune every task of a Relax module up to `trials_per_task` measured candidates, counting the
+    records `database` already holds for it: a task already at its budget (tuned for another model
+    in the same database, or by an earlier run) is not tuned again and keeps exactly its records;
+    a resumed run with a larger budget continues from them.  One MetaSchedule session,
+    `GuardedRoundRobin` with a budget per task (never looping on an exhausted task) and an optional
+    wall-clock bound `max_seconds`.
+
+    Returns {"tasks": n, "tuned": [task names tuned now], "planned": trials planned now,
+    "seconds": wall time of the session}."""
+    import time
+
+    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+    from tvm.s_tir.meta_schedule.tune import tune_tasks
+
+    if trials_per_task < 1:
+        raise ValueError(f"trials_per_task must be >= 1, got {trials_per_task}")
+    tgt = resolve_target(target)
+    work_dir, database = _prepare(work_dir, database)
+    prepared = prepare_relax(mod, params, tgt)
+    plan = [(t, left) for t, _, left in task_budgets(prepared, tgt, database, trials_per_task) if left > 0]
+    info = {"tasks": len(ms.relax_integration.extract_tasks(prepared, tgt)),
+            "tuned": [t.task_name for t, _ in plan], "planned": sum(left for _, left in plan), "seconds": 0.0}
+    if not plan:
+        return info
+    per_iter = max(1, min(trials_per_iter, min(left for _, left in plan)))
+    cost_model = cost_model if cost_model is not None else default_cost_model()
+    t0 = time.perf_counter()
+    with builder_and_runner(target, tracker, key, builder=builder, runner=runner) as (builder, runner), \
+            metaschedule_logging():
+        contexts, weights = extracted_tasks_to_tune_contexts(
+            [t for t, _ in plan], work_dir=work_dir, seed=seed,
+            strategy=_strategy_for(strategy, cost_model, info["planned"], per_iter))
+        tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=info["planned"] + per_iter * len(plan),
+                   max_trials_per_task=max(left for _, left in plan), num_trials_per_iter=per_iter,
+                   builder=builder, runner=runner, database=database, cost_model=cost_model,
+                   task_scheduler=GuardedRoundRobin(max_seconds=max_seconds, budgets=[left for _, left in plan]))
+    info["seconds"] = time.perf_counter() - t0
+    return info
+
+
 def compile_tuned(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
                   target: Union[str, dict, Preset, tvm.target.Target],
                   database: Optional[ms.database.Database] = None) -> Any:
@@ -384,6 +457,6 @@ def compile_tuned(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
     return compile_lowered(lowered, tgt, database)
 
 
-__all__ = ["builder_and_runner", "GuardedRoundRobin", "default_strategy", "default_cost_model", "KernelTuneResult", "tune_primfunc", "tune_primfuncs", "tune_module", "compile_tuned", "prepare_relax",
+__all__ = ["builder_and_runner", "GuardedRoundRobin", "default_strategy", "default_cost_model", "KernelTuneResult", "tune_primfunc", "tune_primfuncs", "tune_module", "tune_module_per_task", "task_budgets", "compile_tuned", "prepare_relax",
            "open_database", "best_record", "record_latency", "database_records", "FAILED_RUN_SECS",
            "schedule_is_correct", "best_correct_record", "verified_database"]
