@@ -151,10 +151,11 @@ def _identity_changes(inputs):
         "score eval_fn": {"eval_fn": lambda predict: 0.0, "val_data": None},
         "accuracy_budget": {"accuracy_budget": 0.02},
     }
-    bigger = {"max_sites": 3, "max_flops_ratio": 0.5, "seed": 1}
+    bigger = {"max_sites": 3, "max_flops_ratio": 0.5, "seed": 1, "distill": False, "distill_task": "regression",
+              "max_spread": 0.1}
     for name, f in SearchOptions.__dataclass_fields__.items():
         default = inputs.get(name, f.default)
-        changes[name] = {name: bigger.get(name, (default or 0) + 1)}
+        changes[name] = {name: bigger[name] if name in bigger else (default or 0) + 1}
     return changes
 
 
@@ -480,18 +481,18 @@ def test_a_tuning_database_cut_mid_record_opens_again(tmp_path):
     target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
     ident = {"model": "m", "device": "local"}
     store = WorkDir(tmp_path / "w", ident)
-    db = open_database(str(store.database_dir / "kernels"))
+    db = open_database(str(store.database_dir))  # the run's one database
     workload = db.commit_workload(mod)
     for secs in (1e-3, 2e-3):
         db.commit_tuning_record(TuningRecord(Schedule(mod).trace, workload, [secs], target,
                                              ArgInfo.from_prim_func(mod["main"])))
-    records = tmp_path / "w" / "database" / "kernels" / "database_tuning_record.json"
+    records = tmp_path / "w" / "database" / "database_tuning_record.json"
     data = records.read_bytes()
     records.write_bytes(data[:-15])  # killed in the middle of the second record
     with pytest.raises(Exception, match="Unexpected end of string"):
-        open_database(str(tmp_path / "w" / "database" / "kernels"))
+        open_database(str(tmp_path / "w" / "database"))
     again = WorkDir(tmp_path / "w", ident)
-    reopened = open_database(str(again.database_dir / "kernels"))
+    reopened = open_database(str(again.database_dir))
     assert [r.run_secs[0].value for r in reopened.get_all_tuning_records()] == [pytest.approx(1e-3)]
 
 
