@@ -164,3 +164,40 @@ def test_a_tensorized_schedule_built_by_a_worker_computes_the_product(target):
         np.testing.assert_array_equal(out.numpy(), x.astype(np.int32) @ dense.T)
     finally:
         builder.close()
+
+
+def test_cost_model_survives_a_candidate_whose_features_fail():
+    """A recorded schedule of a fused adapted-model kernel on which TVM's PerStoreFeature fails
+    ('int32 vs. int64'): it once ended a whole tuning session from inside the cost model's update.
+    The default cost model's extractor gives that candidate no features and keeps the others'."""
+    import json
+    from pathlib import Path
+
+    import tvm
+    from tvm.s_tir import Schedule, Trace
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.runner import RunnerResult
+    from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate
+
+    from gos_tvm.hw.tuning import default_cost_model
+
+    data = json.loads((Path(__file__).parent / "data" / "feature_mismatch_schedule.json").read_text())
+    mod = tvm.ir.load_json(data["workload"])
+    bad = Schedule(mod)
+    Trace.apply_json_to_schedule(tvm.ir.load_json(data["trace"]), bad)
+    good = Schedule(mod)                       # the unscheduled kernel: its features are readable
+    args = ArgInfo.from_prim_func(mod["main"])
+    ctx = ms.TuneContext(mod=mod, target=tvm.target.Target(data["target"]), task_name="fused_gos_kernel")
+    stock = ms.feature_extractor.PerStoreFeature()
+    with pytest.raises(Exception, match="int32 vs. int64"):
+        stock.extract_from(ctx, [MeasureCandidate(bad, args)])
+
+    model = default_cost_model(1)
+    cands = [MeasureCandidate(good, args), MeasureCandidate(bad, args)]
+    feats = model.extractor.extract_from(ctx, cands)
+    assert feats[0].numpy().shape[0] > 0 and feats[1].numpy().shape == (0, stock.feature_vector_length)
+    model.update(ctx, cands, [RunnerResult([1e-4], None), RunnerResult([2e-4], None)])
+    # the readable sample is learned; the bad one was skipped in both extractions (above and in update)
+    assert model.data_size == 1 and model.extractor.failed == 2
+    assert model.predict(ctx, cands).shape == (2,)

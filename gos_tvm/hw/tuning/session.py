@@ -175,7 +175,11 @@ def default_cost_model(num_tuning_cores: Optional[int] = None, num_warmup_sample
     behaves exactly as with the stock model, only faster.  Share one instance across calls (the
     `cost_model` argument) to let its samples accumulate past the warm-up.
     """
-    model = ms.cost_model.XGBModel(num_tuning_cores=int(num_tuning_cores or os.cpu_count() or 1),
+    from ..metaschedule.features import TolerantPerStoreFeature
+
+    # One candidate whose features cannot be computed must not end the session (see features.py).
+    model = ms.cost_model.XGBModel(extractor=TolerantPerStoreFeature(),
+                                   num_tuning_cores=int(num_tuning_cores or os.cpu_count() or 1),
                                    num_warmup_samples=num_warmup_samples, adaptive_training=True)
     # XGBModel.update skips training while data_size - last_train_size < last_train_size / 5:
     # the first training then happens once data_size reaches ~num_warmup_samples.
