@@ -26,7 +26,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -36,9 +36,9 @@ from .cost_model import LatencyModel, ProgramLatencyModel
 from .distillation import SearchDistiller
 from .measurer import Measurer, TunedMeasurer, TuningParts
 from .adapt import build_adapted, fingerprint, predictor
-from .pareto import Configuration, choose, pareto_front
+from .pareto import Configuration, choose, fall_back_to_original, pareto_front
 from .results import Candidate, Decision, EvalFn, SearchOptions, SearchOutcome
-from .store import WorkDir
+from .store import WorkDir, check_database_dir
 from .strategies import SearchStrategy, config_key, default_strategies
 from .validate import RESUMABLE_OPTIONS, run_identity
 
@@ -84,7 +84,7 @@ class GOSearch:
             self.latency_model.load(warm_start)
         self.strategies = list(strategies) if strategies is not None else default_strategies()
         self.parts = parts
-        self.warm_start_database = _check_database_dir(warm_start_database)
+        self.warm_start_database = check_database_dir(warm_start_database)
         self._measurer = measurer
         self._programs: dict[str, OpProgram] = {}
         self.distiller = SearchDistiller(self)
@@ -293,40 +293,6 @@ class GOSearch:
         for site, ckey in chosen.choices.items():
             if ckey is not None and site in self.state["decisions"]:
                 self.state["decisions"][site]["choice"] = ckey
-
-
-# ---------------------------------------------------------------------------------------- helpers
-
-
-def _check_database_dir(path: str | Path | None) -> Path | None:
-    """A warm-start database directory (an earlier run's WORK_DIR/database), checked before any device starts."""
-    if path is None:
-        return None
-    path = Path(path)
-    if not (path / "database_tuning_record.json").is_file() or not (path / "database_workload.json").is_file():
-        raise ValueError(f"warm_start_database {path} holds no MetaSchedule JSON database (database_workload.json "
-                         "and database_tuning_record.json): pass an earlier run's WORK_DIR/database")
-    return path
-
-
-def fall_back_to_original(state: dict, configs: Sequence[Configuration], chosen: Configuration, adapted: dict,
-                          baseline: dict) -> tuple[Configuration, dict]:
-    """The chosen configuration was estimated faster from its kernels but measured slower end to
-    end (the whole-model budget spread over other kernels, other fusion): never hand back a
-    slower model.  Returns the original configuration and its latency; the decisions in `state`
-    say why, and `state['fallback']` keeps what was rejected."""
-    why = (f"kept: the adapted model ({chosen.key}) measured {adapted['median_s'] * 1e3:.3f} ms end to end, "
-           f"not faster than the original's {baseline['median_s'] * 1e3:.3f} ms; the original is returned")
-    for site, ckey in chosen.choices.items():
-        if ckey is not None:
-            decision = state["decisions"][site]
-            # The kernel-level reason is kept aside once, so a resumed run (which falls back again,
-            # from a newer measurement) does not nest the reasons.
-            kernel_reason = decision.setdefault("kernel_reason", decision["reason"])
-            decision.update(choice=None, rule="original", reason=f"{why} (the site's kernel alone: {kernel_reason})")
-    state["fallback"] = {"rejected": chosen.key, "adapted": adapted, "baseline": baseline}
-    original = next(c for c in configs if not any(c.choices.values()))
-    return original, baseline
 
 
 _fingerprint = fingerprint  # its former name

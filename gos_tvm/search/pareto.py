@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
 
 
 @dataclass
@@ -37,3 +37,24 @@ def choose(front: Iterable[Configuration], floor: float) -> Configuration:
     """The fastest configuration of the Pareto front whose score is within the budget (>= `floor`).
     The original configuration always is, so there is one."""
     return min((c for c in front if c.accuracy >= floor - 1e-12), key=lambda c: c.latency_s)
+
+
+def fall_back_to_original(state: dict, configs: Sequence[Configuration], chosen: Configuration, adapted: dict,
+                          baseline: dict) -> tuple[Configuration, dict]:
+    """The chosen configuration was estimated faster from its kernels but measured slower end to
+    end (the whole-model budget spread over other kernels, other fusion): never hand back a
+    slower model.  Returns the original configuration and its latency; the decisions in `state`
+    say why, and `state['fallback']` keeps what was rejected."""
+    why = (f"kept: the adapted model ({chosen.key}) measured {adapted['median_s'] * 1e3:.3f} ms end to end, "
+           f"not faster than the original's {baseline['median_s'] * 1e3:.3f} ms; the original is returned")
+    for site, ckey in chosen.choices.items():
+        if ckey is not None:
+            decision = state["decisions"][site]
+            # The kernel-level reason is kept aside once, so a resumed run (which falls back again,
+            # from a newer measurement) does not nest the reasons.
+            kernel_reason = decision.setdefault("kernel_reason", decision["reason"])
+            decision.update(choice=None, rule="original", reason=f"{why} (the site's kernel alone: {kernel_reason})")
+    state["fallback"] = {"rejected": chosen.key, "adapted": adapted, "baseline": baseline}
+    original = next(c for c in configs if not any(c.choices.values()))
+    return original, baseline
+

@@ -230,3 +230,14 @@ def check_identity(path: str | os.PathLike, identity: Mapping[str, Any], *, part
 def _short(value: Any, n: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def check_database_dir(path: str | Path | None) -> Path | None:
+    """A warm-start database directory (an earlier run's WORK_DIR/database), checked before any device starts."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not (path / "database_tuning_record.json").is_file() or not (path / "database_workload.json").is_file():
+        raise UserError(f"warm_start_database {path} holds no MetaSchedule JSON database (database_workload.json "
+                         "and database_tuning_record.json): pass an earlier run's WORK_DIR/database")
+    return path
