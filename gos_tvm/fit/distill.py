@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from ..instructions import OpProgram, to_torch
+from .fit import _split  # the same seeded held-out split as layer-wise fitting
 
 Replacement = tuple[OpProgram, Mapping[str, Any]]
 TASKS = ("classification", "regression")
@@ -247,14 +248,6 @@ def output_error(student: torch.Tensor, teacher: torch.Tensor, task: str) -> flo
     if task == "classification":
         a, b = torch.softmax(a, dim=1), torch.softmax(b, dim=1)
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-30))
-
-
-def _split(count: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(seed).permutation(count)
-    n_held = int(math.floor(holdout * count))
-    if n_held == 0 or n_held == count:
-        return np.arange(count), np.arange(0)
-    return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
 def _step_size(step: int, steps: int, lr: float) -> float:
