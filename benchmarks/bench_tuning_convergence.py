@@ -13,7 +13,7 @@ step says where TVM's time goes: trials, best latency and GFLOP/s of each task.
     python benchmarks/bench_tuning_convergence.py --models digits-cnn --curve 4 16
 
 Writes ``<out>/tuning_convergence.json`` (a row per model: ``model``, ``onnxruntime_ms``,
-``torch_ms``, ``curve``: ``[{trials_per_task, tvm_ms, tuning_s}]``, ``tasks``) and prints a table.
+``torch_ms``, ``curve``: ``[{trials_per_task, tvm_ms, tuning_s}]``, ``tasks``: `gos_tvm.hw.tuning.database.task_table`) and prints a table.
 Latencies are one run on whatever machine runs this; compare them as ratios within the run.
 """
 from __future__ import annotations
@@ -72,24 +72,6 @@ def torch_ms(model: torch.nn.Module, x: np.ndarray, repeats: int) -> float:
         return time_calls(lambda: model(xt), repeats)["median_s"] * 1e3
 
 
-def task_table(prepared, target, database) -> list[dict]:
-    """Per task: weight, trials in the database, best latency and GFLOP/s of the best record."""
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.analysis import estimate_tir_flops
-
-    from gos_tvm.hw import best_record, database_records
-
-    rows = []
-    for task in ms.relax_integration.extract_tasks(prepared, target):
-        mod = task.dispatched[0]
-        lat, _ = best_record(database, mod)
-        flops = float(estimate_tir_flops(mod))
-        rows.append({"task": task.task_name, "weight": int(task.weight), "trials": len(database_records(database, mod)),
-                     "best_us": lat * 1e6 if np.isfinite(lat) else None, "flops": flops,
-                     "gflops": flops / lat / 1e9 if np.isfinite(lat) and lat > 0 else None})
-    return rows
-
-
 def bench_model(name: str, args: argparse.Namespace, pool) -> dict:
     from tvm.s_tir import meta_schedule as ms
 
@@ -97,6 +79,7 @@ def bench_model(name: str, args: argparse.Namespace, pool) -> dict:
     from gos_tvm.hw import (TrackerRunner, WarmBuilder, compile_tuned, measure_module, open_database, preset,
                             tune_module)
     from gos_tvm.hw.tuning import prepare_relax
+    from gos_tvm.hw.tuning.database import task_table
 
     device = preset("local")
     model, x = build(name, args.seed)
@@ -130,7 +113,7 @@ def bench_model(name: str, args: argparse.Namespace, pool) -> dict:
     finally:
         runner.close()
         builder.close()
-    row["tasks"] = task_table(prepared, device.target, db)
+    row["tasks"] = task_table(prepared, device.target, db)  # trials, best latency_s and GFLOP/s per task
     last = row["curve"][-1]["tvm_ms"]
     row["tvm_over_onnxruntime"] = last / row["onnxruntime_ms"]
     return row
