@@ -10,6 +10,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import tvm
+from tvm import relax
+
+from gos_tvm.graph.compile import conv_layout, current_conv_layout
 from gos_tvm.graph import (EM_AARCH64, EM_ARM, UnsupportedModelError, analyze, apply_database, as_target, capture,
                            capture_torch, compile_module, fold_batchnorm, elf_machine, elf_type, export_library, find_sites,
                            find_skipped, from_onnx, from_torch, legalize, load_vm, run, split_samples, substitute,
@@ -222,6 +226,37 @@ def test_compiled_module_matches_torch(imported):
     ref = model(x).detach().numpy()
     assert out.shape == ref.shape
     assert rel_err(out, ref) < 1e-4
+
+
+def _param_shapes(lowered) -> set[tuple[int, ...]]:
+    """Shapes of the tensors `main` of a legalized module passes between its kernels."""
+    shapes = set()
+
+    def visit(expr) -> None:
+        ty = getattr(expr, "ty", None)
+        if isinstance(ty, relax.TensorType) and ty.shape is not None:
+            shapes.add(tuple(int(d) for d in ty.shape.values))
+
+    relax.analysis.post_order_visit(lowered["main"], visit)
+    return shapes
+
+
+def test_convolutions_compile_channels_last_by_default(imported):
+    """Convolutions are compiled NHWC (`conv_layout`, measured faster); NCHW on request; same function."""
+    name, model, x, mod, params = imported
+    n, c, h, w = x.shape
+    assert current_conv_layout() == "NHWC"
+    assert (n, h, w, c) in _param_shapes(legalize(mod, params))
+    with conv_layout("NCHW"):
+        assert (n, h, w, c) not in _param_shapes(legalize(mod, params))
+        (nchw,) = run(compile_module(mod, params), x)
+    (nhwc,) = run(compile_module(mod, params), x)
+    assert rel_err(nhwc, nchw) < 1e-5
+    assert rel_err(nhwc, model(x).detach().numpy()) < 1e-4
+    with pytest.raises(ValueError, match="NCHWc.*choose one of"):
+        with conv_layout("NCHWc"):
+            pass
+    assert current_conv_layout() == "NHWC"
 
 
 def test_substituted_module_matches_torch_reference(imported):
