@@ -82,11 +82,12 @@ def test_adapted_model_tunes_only_its_new_tasks_and_a_larger_budget_continues(de
     info = tune_module_per_task(*original, "local", 2, work_dir=str(tmp_path / "logs" / "original"), **kw)
     first = _records_per_workload(db, original)
     assert _tuned(info, original) == set(first)
-    # A reshape's design space holds one schedule: it is exhausted below the budget (and the
-    # scheduler stopped it instead of looping); every computing kernel got its 2 trials.
+    # A reshape's or layout transpose's design space can hold a single schedule: it is exhausted
+    # below the budget (and the scheduler stopped it instead of looping); every computing kernel
+    # got its 2 trials.
     names = {h: t.task_name for h, t in {**_tasks(original), **_tasks(adapted)}.items()}
     exhausted = {h for h, n in first.items() if n < 2}
-    assert all("reshape" in names[h] for h in exhausted) and all(n >= 1 for n in first.values()), first
+    assert all(_moves_data(names[h]) for h in exhausted) and all(n >= 1 for n in first.values()), (first, names)
     traces = _traces(db, original)
 
     info = tune_module_per_task(*adapted, "local", 2, work_dir=str(tmp_path / "logs" / "adapted"), **kw)
@@ -95,7 +96,7 @@ def test_adapted_model_tunes_only_its_new_tasks_and_a_larger_budget_continues(de
     assert shared - exhausted and new, ({names[h] for h in shared}, {names[h] for h in new})
     # Only the new tasks (and an exhausted one, which yields nothing) were tuned ...
     assert new <= _tuned(info, adapted) <= new | exhausted
-    assert all(second[h] == 2 for h in new if "reshape" not in names[h]), second
+    assert all(second[h] == 2 for h in new if not _moves_data(names[h])), second
     # ... and the original's tasks have exactly the records they had.
     assert _records_per_workload(db, original) == first and _traces(db, original) == traces
 
@@ -124,7 +125,12 @@ def test_adapted_model_tunes_only_its_new_tasks_and_a_larger_budget_continues(de
     assert copy_records(db, warm) == len(db.get_all_tuning_records())
     target = resolve_preset("local").target
     left = {t.task_name: n for t, _, n in task_budgets(prepare_relax(*original, target), target, warm, 3)}
-    assert all(n == 0 for name, n in left.items() if "reshape" not in name), left
+    assert all(n == 0 for name, n in left.items() if not _moves_data(name)), left
+
+
+def _moves_data(task_name: str) -> bool:
+    """A task that only moves data (a reshape, or the NCHW <-> NHWC transposes of `conv_layout`)."""
+    return any(word in task_name for word in ("reshape", "transpose", "layout_transform"))
 
 
 def _raw_records(db, model, leave_out: set[int]) -> int:
@@ -150,7 +156,7 @@ def test_measured_trials_does_not_count_re_timings(device, tmp_path):
     tasks = ms.relax_integration.extract_tasks(prepare_relax(mod, params, target), target)
     before = len(db.get_all_tuning_records())
     trials = [measured_trials(db, t.dispatched[0]) for t in tasks]
-    assert all(n == 2 for t, n in zip(tasks, trials) if "reshape" not in t.task_name), trials
+    assert all(n == 2 for t, n in zip(tasks, trials) if not _moves_data(t.task_name)), trials
     assert remeasure_best(db, [t.dispatched[0] for t in tasks], target, builder, runner) == len(tasks)
     assert len(db.get_all_tuning_records()) == before + len(tasks)
     assert [measured_trials(db, t.dispatched[0]) for t in tasks] == trials
