@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import tvm
 from tvm import relax
 
-from gos_tvm.graph.compile import conv_layout, current_conv_layout
+from gos_tvm.graph.layout import conv_layout, current_conv_layout
 from gos_tvm.graph import (EM_AARCH64, EM_ARM, UnsupportedModelError, analyze, apply_database, as_target, capture,
                            capture_torch, compile_module, fold_batchnorm, elf_machine, elf_type, export_library, find_sites,
                            find_skipped, from_onnx, from_torch, legalize, load_vm, run, split_samples, substitute,
@@ -257,6 +257,31 @@ def test_convolutions_compile_channels_last_by_default(imported):
         with conv_layout("NCHWc"):
             pass
     assert current_conv_layout() == "NHWC"
+
+
+def test_a_replacement_runs_channels_last_without_transposes():
+    """A replacement kernel between NHWC convolutions reads and writes NHWC itself: no transpose
+    kernel appears around it, and its residual add and ReLU fuse into it."""
+    from tvm.s_tir import meta_schedule as ms
+
+    cls, shape = MODELS["resnet"]
+    model = prepared(cls())
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    mod, params = from_torch(model, x)
+    site = {s.id: s for s in find_sites(mod, params)}["layer1.0.conv2"]
+    new_mod, new_params = substitute(mod, params, {site.id: replacement_for(site, seed=0)})
+    target = as_target(None)
+
+    def task_names(m, p) -> list[str]:
+        return [t.task_name for t in ms.relax_integration.extract_tasks(legalize(m, p, target), target)]
+
+    original, adapted = task_names(mod, params), task_names(new_mod, new_params)
+    transposes = [n for n in adapted if "transpose" in n]
+    assert len(transposes) == len([n for n in original if "transpose" in n]), adapted
+    assert any(n.startswith("fused_gos_") and n.endswith("_nhwc_add1_relu") for n in adapted), adapted
+    reference = torch_reference(model, {site.id: replacement_for(site, seed=0)})(x).detach().numpy()
+    (out,) = run(compile_module(new_mod, new_params), x)
+    assert rel_err(out, reference) < 1e-4
 
 
 def test_substituted_module_matches_torch_reference(imported):

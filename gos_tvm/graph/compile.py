@@ -22,16 +22,14 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import warnings
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import tvm
 from tvm import relax
 
 from ..targets import cpu_target
+from .layout import to_conv_layout
 
 #: The Debian package that provides each cross compiler.
 CROSS_COMPILERS = {
@@ -89,29 +87,6 @@ def bind_params(mod: tvm.IRModule, params: Mapping[str, np.ndarray] | None) -> t
     return relax.transform.BindParams("main", values)(mod)
 
 
-#: Layouts convolutions are compiled in: (data, kernel) for Relax's ConvertLayout, None for the
-#: imported NCHW / OIHW.
-CONV_LAYOUTS: dict[str, list[str] | None] = {"NCHW": None, "NHWC": ["NHWC", "HWIO"]}
-_CONV_LAYOUT: ContextVar[str] = ContextVar("gos_tvm_conv_layout", default="NHWC")
-
-
-@contextmanager
-def conv_layout(name: str) -> Iterator[None]:
-    """Compile (and tune) convolutions in layout ``name`` (a key of `CONV_LAYOUTS`) inside the block."""
-    if name not in CONV_LAYOUTS:
-        raise ValueError(f"unknown convolution layout {name!r}; choose one of {sorted(CONV_LAYOUTS)}")
-    token = _CONV_LAYOUT.set(name)
-    try:
-        yield
-    finally:
-        _CONV_LAYOUT.reset(token)
-
-
-def current_conv_layout() -> str:
-    """The layout `legalize` compiles convolutions in (see `conv_layout`)."""
-    return _CONV_LAYOUT.get()
-
-
 def legalize(mod: tvm.IRModule, params: Mapping[str, np.ndarray] | None = None,
              target: Any = None) -> tvm.IRModule:
     """Bind ``params`` and run ``relax.get_pipeline("zero")`` (legalize and fuse).
@@ -121,67 +96,11 @@ def legalize(mod: tvm.IRModule, params: Mapping[str, np.ndarray] | None = None,
     replacement's ``call_tir`` PrimFunc, is a (fused) PrimFunc of the result.
     """
     mod = bind_params(mod, params)
-    layouts = CONV_LAYOUTS[current_conv_layout()]
     with as_target(target), tvm.transform.PassContext(opt_level=3):
-        if layouts is not None and _calls_op(mod, "relax.nn.conv2d"):
-            mod = _convert_conv_layout(_clip_as_min_max(mod), layouts)
+        mod = to_conv_layout(mod)  # NHWC by default (`graph.layout`)
         mod = relax.get_pipeline("zero")(mod)
         # FuseTIR leaves the PrimFuncs it fused in the module; drop the unused ones.
         return relax.transform.DeadCodeElimination(["main"])(mod)
-
-
-def _calls_op(mod: tvm.IRModule, op_name: str) -> bool:
-    found = []
-
-    def visit(expr: relax.Expr) -> None:
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == op_name:
-            found.append(expr)
-
-    for func in mod.functions.values():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, visit)
-    return bool(found)
-
-
-def _clip_as_min_max(mod: tvm.IRModule) -> tvm.IRModule:
-    """Every ``R.clip(x, lo, hi)`` (ReLU6, hardtanh) as ``minimum(maximum(x, lo), hi)``.
-
-    The same function, but ConvertLayout knows how element-wise binary ops follow a layout and
-    does not know clip: it wrapped each clip of mobilenetv2-style in an NHWC -> NCHW -> NHWC pair
-    of transposes, kernels that MetaSchedule cannot schedule (a design space of one) and that
-    took 0.43 of the model's 0.76 ms tuned at 64 trials per task.
-    """
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
-
-    pattern = is_op("relax.clip")(wildcard(), wildcard(), wildcard())
-
-    def rewrite(call: relax.Call, _matches: dict) -> relax.Expr:
-        x, lo, hi = call.args
-        dtype = x.ty.dtype
-        low = relax.const(float(lo.value), dtype)
-        high = relax.const(float(hi.value), dtype)
-        return relax.op.minimum(relax.op.maximum(x, low), high)
-
-    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
-    for gv, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            out[gv] = rewrite_call(pattern, rewrite, func)
-    return out
-
-
-def _convert_conv_layout(mod: tvm.IRModule, layouts: list[str]) -> tvm.IRModule:
-    """Relax's ConvertLayout for conv2d; a module it cannot convert stays in the imported layout.
-
-    The fallback is deterministic per module, so tuning and compiling still see the same kernels.
-    (ConvertLayout of TVM 0.27 dies with std::bad_alloc on e.g. the PPG TCN's conv1d-as-avg_pool2d
-    graph even with no conv2d in it; conv2d-free modules are not converted at all.)
-    """
-    try:
-        return relax.transform.ConvertLayout({"relax.nn.conv2d": layouts})(mod)
-    except tvm.error.TVMError as err:
-        warnings.warn(f"convolution layout {layouts} not applied (Relax ConvertLayout failed: "
-                      f"{str(err).splitlines()[-1][:200]}); compiling in the imported NCHW layout", stacklevel=3)
-        return mod
 
 
 def apply_database(mod: tvm.IRModule, target: Any, database: Any) -> tvm.IRModule:
