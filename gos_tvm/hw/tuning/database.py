@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from typing import Any, Sequence, Union
 
 import tvm
@@ -122,14 +123,19 @@ def remeasure_best(database: ms.database.Database, workloads: Sequence, target: 
         mods.append(sch.mod)
     built = builder.build([BuilderInput(m, target) for m in mods])
     todo = [(rec, b) for rec, b in zip(best, built) if b.error_msg is None]
-    futures = runner.run([RunnerInput(b.artifact_path, "cpu", list(rec.args_info)) for rec, b in todo])
     count = 0
-    for (rec, _), fut in zip(todo, futures):
-        res = fut.result()
-        if res.error_msg is None and res.run_secs:
-            database.commit_tuning_record(TuningRecord(rec.trace, rec.workload, [float(x) for x in res.run_secs],
-                                                       rec.target, list(rec.args_info)))
-            count += 1
+    try:
+        futures = runner.run([RunnerInput(b.artifact_path, "cpu", list(rec.args_info)) for rec, b in todo])
+        for (rec, _), fut in zip(todo, futures):
+            res = fut.result()
+            if res.error_msg is None and res.run_secs:
+                database.commit_tuning_record(TuningRecord(rec.trace, rec.workload, [float(x) for x in res.run_secs],
+                                                           rec.target, list(rec.args_info)))
+                count += 1
+    finally:
+        # Outside a tuning session no RemoveBuildArtifact callback removes the libraries.
+        for _, b in todo:
+            shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
     return count
 
 
