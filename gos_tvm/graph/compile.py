@@ -97,7 +97,7 @@ def legalize(mod: tvm.IRModule, params: Mapping[str, np.ndarray] | None = None,
     """
     mod = bind_params(mod, params)
     with as_target(target), tvm.transform.PassContext(opt_level=3):
-        mod = to_conv_layout(mod)  # NHWC by default (`graph.layout`)
+        mod = to_conv_layout(mod)  # `graph.layout.conv_layout`: NCHW unless NHWC is asked for
         mod = relax.get_pipeline("zero")(mod)
         # FuseTIR leaves the PrimFuncs it fused in the module; drop the unused ones.
         return relax.transform.DeadCodeElimination(["main"])(mod)

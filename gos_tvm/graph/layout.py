@@ -1,6 +1,13 @@
-"""The layout convolutions are compiled in (`conv_layout`, default NHWC) and the module rewrites
-that make a channels-last model out of an imported NCHW one (`to_conv_layout`, used by
-`graph.legalize` so that tuning, compiling and export see the same kernels).
+"""The layout convolutions are compiled in (`conv_layout`: the imported NCHW by default, NHWC on
+request) and the module rewrites that make a channels-last model out of an imported NCHW one
+(`to_conv_layout`, used by `graph.legalize` so that tuning, compiling and export see the same
+kernels).
+
+Why NCHW stays the default, measured (README, "Convolutions ... channels-last"): NHWC makes a
+tuned *original* model 1.6-2.1x faster, but GOS's replacement kernels are fitted, tuned and
+judged as NCHW programs; as NHWC copies they tuned slower (digits-cnn's conv2 replacement 29.6 us
+NCHW, 51.4 us NHWC) and the adapted digits-cnn ran 0.215 ms in NHWC against 0.106 ms in NCHW.
+Until the search tunes and judges candidates in the layout the model runs, NHWC is opt-in.
 
 MetaSchedule's CPU schedules vectorise the innermost axis: in NCHW that is the image width
 (4-32 pixels in these models), in NHWC the channels.  Relax's ConvertLayout turns conv2d and the
@@ -28,7 +35,7 @@ from tvm import relax
 #: Layouts convolutions are compiled in: (data, kernel) for Relax's ConvertLayout, None for the
 #: imported NCHW / OIHW.
 CONV_LAYOUTS: dict[str, list[str] | None] = {"NCHW": None, "NHWC": ["NHWC", "HWIO"]}
-_CONV_LAYOUT: ContextVar[str] = ContextVar("gos_tvm_conv_layout", default="NHWC")
+_CONV_LAYOUT: ContextVar[str] = ContextVar("gos_tvm_conv_layout", default="NCHW")
 
 TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 

@@ -235,6 +235,10 @@ def run_identity(model_fingerprint: str, device, options, calib: np.ndarray, eva
                                 "accuracy_budget": float(accuracy_budget)}
     if device.emulated:  # emulation timings must never be resumed as the board's
         identity["emulated"] = True
+    from ..graph.layout import current_conv_layout
+
+    if current_conv_layout() != "NCHW":  # other kernels, other timings (NCHW dirs keep their identity)
+        identity["conv_layout"] = current_conv_layout()
     # Whole-model tuning budgets are not part of it: resuming with a larger one continues tuning from
     # the records in the database (the measurement-log keys of model latencies carry the budget).
     identity.update({k: v for k, v in vars(options).items() if k not in RESUMABLE_OPTIONS})
