@@ -10,7 +10,7 @@ end on the local RPC server.  onnxruntime (ORT_ENABLE_ALL, 2 intra-op threads) a
 step says where TVM's time goes: trials, best latency and GFLOP/s of each task.
 
     python benchmarks/bench_tuning_convergence.py                       # all models, NCHW and NHWC, curve 4 16 64
-    python benchmarks/bench_tuning_convergence.py --layouts NHWC        # the layout gos_tvm compiles in
+    python benchmarks/bench_tuning_convergence.py --layouts NHWC        # channels-last only (opt-in in gos_tvm)
     python benchmarks/bench_tuning_convergence.py --models digits-cnn --curve 4 16
 
 Writes ``<out>/tuning_convergence.json`` (a row per model and convolution layout, replacing that
@@ -81,7 +81,7 @@ def bench_model(name: str, args: argparse.Namespace, pool) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix=f"conv_{name}_", dir=args.work_dir))
     base = {"model": name, "input_shape": list(x.shape), "onnxruntime_ms": onnxruntime_ms(model, x, work, args.repeats),
             "torch_ms": torch_ms(model, x, args.repeats)}
-    from gos_tvm.graph.compile import conv_layout
+    from gos_tvm.graph import conv_layout
 
     rows = []
     for layout in args.layouts:
@@ -152,7 +152,7 @@ def main(argv=None) -> dict:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--curve", nargs="+", type=int, default=[4, 16, 64], help="per-task trial budgets, ascending")
     p.add_argument("--layouts", nargs="+", default=["NCHW", "NHWC"], choices=("NCHW", "NHWC"),
-                   help="convolution layouts to tune and compile in (gos_tvm.graph.compile.conv_layout)")
+                   help="convolution layouts to tune and compile in (gos_tvm.graph.conv_layout)")
     p.add_argument("--repeats", type=int, default=200, help="timed calls for onnxruntime / PyTorch")
     p.add_argument("--tvm-repeat", type=int, default=20, help="end-to-end TVM repeats (10 calls each)")
     p.add_argument("--work-dir", default=None, help="databases and ONNX files (default: a temporary directory)")
