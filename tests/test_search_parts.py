@@ -1,6 +1,7 @@
 """The search's parts, unit-tested on a fake device (`FakeMeasurer`: latencies from a formula, no
 tuning, no tracker): the bisection, the Pareto front, the strategies, the fall-back and resume.
-Accuracy is real: every configuration is compiled with TVM and scored on the calibration data."""
+Accuracy is real: every configuration is built (in its torch form, checked here against its TVM
+build) and scored on the calibration data."""
 from __future__ import annotations
 
 import numpy as np
@@ -114,6 +115,19 @@ def test_search_on_the_fake_device_replaces_the_least_efficient_sites(finished):
     assert fake.model_calls == ["original", "adapted"]
     # every kernel was asked once: identical sites and repeated candidates are not re-measured
     assert len(fake.kernel_calls) == len(set(fake.kernel_calls))
+
+
+def test_configurations_score_the_same_in_torch_form_and_as_tvm_builds(finished):
+    search, out, _, _ = finished
+    assert not search.state.get("no_torch_form")
+    replaced = [c for c in search.configurations() if any(c.choices.values())]
+    assert replaced
+    x = search.calib
+    for config in replaced[:3]:
+        torch_out, tvm_out = search.predict(config.choices)(x), search.predict(config.choices, form="tvm")(x)
+        np.testing.assert_allclose(torch_out, tvm_out, rtol=1e-4, atol=1e-4)
+        assert search.score(config.choices) == pytest.approx(search.evaluate_fn(search.predict(config.choices, "tvm")),
+                                                              abs=1e-5)
 
 
 def test_evolution_scores_new_configurations_and_keeps_its_population(finished):

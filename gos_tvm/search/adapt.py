@@ -43,4 +43,16 @@ def predictor(vm) -> Predict:
     return predict
 
 
-__all__ = ["build_adapted", "fingerprint", "predictor"]
+def torch_predictor(model, batch: int = 256) -> Predict:
+    """Runs a torch module (e.g. a configuration's trainable form) over a batch of inputs, in chunks."""
+    import torch
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            xt = torch.from_numpy(np.ascontiguousarray(x, dtype="float32"))
+            return torch.cat([model(xt[i: i + batch]) for i in range(0, len(xt), batch)]).numpy()
+
+    return predict
+
+
+__all__ = ["build_adapted", "fingerprint", "predictor", "torch_predictor"]

@@ -285,6 +285,9 @@ def _result(search: GOSearch, out: SearchOutcome, accuracy_budget: float, opts: 
         "fallback": out.fallback,
         # whether candidates were judged after end-to-end distillation, how many, and the final one
         "distillation": out.distillation,
+        # configurations are scored in the model's torch form (batched) unless it has none
+        "scored_with": (f"TVM build ({search.state['no_torch_form']})" if search.state.get("no_torch_form")
+                        else "torch form (gos_tvm.fit.distill.trainable_model)"),
         "configurations": len(out.configurations),
         "device_measurements": out.device_measurements,
         "search_seconds": out.seconds,

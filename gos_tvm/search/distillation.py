@@ -15,7 +15,6 @@ import functools
 import hashlib
 from typing import TYPE_CHECKING, Mapping
 
-from .adapt import predictor
 from .pareto import Configuration, pareto_front
 from .strategies import config_key
 
@@ -43,9 +42,7 @@ class SearchDistiller:
         search = self.search
         if search.opt.distill_task != "auto":
             return search.opt.distill_task
-        from .. import graph
-
-        out = predictor(graph.load_vm(graph.compile_module(search.mod, search.params)))(search.calib[:1])
+        out = search.predict({}, form="tvm")(search.calib[:1])
         return "regression" if out.reshape(len(out), -1).shape[1] == 1 else "classification"
 
     def configuration(self, choices: Mapping[str, str | None], steps: int) -> dict[str, str | None]:
