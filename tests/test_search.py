@@ -100,6 +100,9 @@ def test_adapted_model_is_faster_and_within_budget(resumed):
     replaced = [d for d in result.decisions if d.choice]
     assert replaced, result.summary()
     assert result.adapted_latency["median_s"] < result.original_latency["median_s"], result.summary()
+    # both latencies come from the two models timed alternately, recorded once in the log
+    assert result.original_latency["timed"] == result.adapted_latency["timed"]
+    assert len([k for k in _log_keys(result.work_dir) if k.startswith("paired:")]) == 1
     assert result.adapted_score >= result.original_score - 0.01
     for d in replaced:
         assert d.reason and d.rule != "original"

@@ -113,6 +113,9 @@ def test_search_on_the_fake_device_replaces_the_least_efficient_sites(finished):
         assert fake.kernel_latency(out.candidates[d.choice].program) < lat[d.site]
     assert out.adapted["median_s"] < out.baseline["median_s"]
     assert fake.model_calls == ["original", "adapted"]
+    # the speed-up comes from the two models timed alternately, once
+    assert fake.paired_calls == [["adapted", "original"]]
+    assert out.baseline["timed"] == out.adapted["timed"] and out.baseline["rounds"] == search.opt.max_rounds
     # every kernel was asked once: identical sites and repeated candidates are not re-measured
     assert len(fake.kernel_calls) == len(set(fake.kernel_calls))
 

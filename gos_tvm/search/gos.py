@@ -10,8 +10,9 @@
     4. final        Pareto front of (latency, accuracy); the fastest configuration within the
                     accuracy budget (after a longer end-to-end distillation, `distillation.py`) is
                     tuned with the same per-task budget as the original (its unchanged tasks are in
-                    the database already: only new tasks are tuned), compiled and measured end to
-                    end; if it measures slower, the original.  A configuration that replaces nothing
+                    the database already: only new tasks are tuned), compiled, and timed end to end
+                    alternately with the original (`side_by_side`); if it measures slower, the
+                    original.  A configuration that replaces nothing
                     is the original: no second tuning, no second measurement, 1.00x.
 
 The parts are passed in: the `Measurer` (the device, or a fake one), the strategies and the
@@ -163,6 +164,21 @@ class GOSearch:
         data = self.measurer.model(name, mod, params, self.calib[:1], trials_per_task=per_task)
         return self.store.record_measurement(key, kind="model", name=name, **data)
 
+    def side_by_side(self, choices: Mapping[str, str | None], adapted: dict) -> tuple[dict, dict]:
+        """The original's and the adapted model's measurement rows with their latencies from timing
+        the two alternately (`Measurer.paired`, once per configuration and budget): the speed-up and
+        the fall-back compare these, not the original timed at the start of the run with the
+        adapted model timed at its end."""
+        mod, params = self.adapted(choices)
+        key = f"paired:{fingerprint(self.mod, self.params)}:{fingerprint(mod, params)}:{self.trials_per_task}pt"
+        row = self.store.measured(key)
+        if row is None:
+            models = {"original": (self.mod, self.params), "adapted": (mod, params)}
+            row = self.store.record_measurement(key, kind="paired", **self.measurer.paired(
+                models, self.calib[:1], rounds=self.opt.max_rounds))
+        note = {"timed": "alternately with the other model (Measurer.paired)"}
+        return {**self.baseline, **row["original"], **note}, {**adapted, **row["adapted"], **note}
+
     # ------------------------------------------------------------------ accuracy and fitting
 
     def program(self, ckey: str) -> OpProgram:
@@ -298,6 +314,7 @@ class GOSearch:
             adapted = self.baseline
             if any(chosen.choices.values()):
                 adapted = self.model_latency("adapted", *self.adapted(chosen.choices))
+                self.baseline, adapted = self.side_by_side(chosen.choices, adapted)
                 if adapted["median_s"] >= self.baseline["median_s"]:
                     chosen, adapted = fall_back_to_original(self.state, configs, chosen, adapted, self.baseline)
             bar.update()
