@@ -182,6 +182,12 @@ def test_a_slower_end_to_end_measurement_falls_back_to_the_original(model, tmp_p
     assert out.fallback and out.fallback["rejected"]
     assert all(d.choice is None for d in out.decisions)
     assert any("not faster than the original" in d.reason for d in out.decisions)
+    # Resumed with a larger budget, the configuration is tuned and timed again; now it is faster,
+    # and its sites get their replacements back.
+    out = _search(model, tmp_path, FakeMeasurer(), options={**ONE_SITE, "trials_per_task": 2}).run()
+    assert any(out.chosen.choices.values()) and out.fallback is None
+    replaced = [d for d in out.decisions if d.choice]
+    assert replaced and all(d.rule != "original" and "not faster" not in d.reason for d in replaced)
 
 
 def test_strategies_are_swappable(model, tmp_path):

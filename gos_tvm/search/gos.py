@@ -332,10 +332,17 @@ class GOSearch:
             new_measurements=list(self.store.new_measurements))
 
     def _sync_decisions(self, chosen: Configuration) -> None:
-        """Decisions name the candidate keys of the chosen configuration (distillation renames them)."""
+        """Decisions name the candidate keys of the chosen configuration (distillation renames them).
+        A decision an earlier run reverted to the original (`fall_back_to_original`) gets its
+        replacement back: this run measures the configuration again and falls back again if it
+        must."""
+        self.state.pop("fallback", None)
         for site, ckey in chosen.choices.items():
             if ckey is not None and site in self.state["decisions"]:
-                self.state["decisions"][site]["choice"] = ckey
+                decision = self.state["decisions"][site]
+                decision["choice"] = ckey
+                if "kernel_reason" in decision:
+                    decision.update(rule=self.state["candidates"][ckey]["rule"], reason=decision.pop("kernel_reason"))
 
 
 _fingerprint = fingerprint  # its former name
