@@ -7,7 +7,7 @@ Why NCHW stays the default, measured (README, "Convolutions ... channels-last"):
 tuned *original* model 1.6-2.1x faster, but GOS's replacement kernels are fitted, tuned and
 judged as NCHW programs; as NHWC copies they tuned slower (digits-cnn's conv2 replacement 29.6 us
 NCHW, 51.4 us NHWC) and the adapted digits-cnn ran 0.215 ms in NHWC against 0.106 ms in NCHW.
-Until the search tunes and judges candidates in the layout the model runs, NHWC is opt-in.
+The search now tunes and judges kernels in the layout the model runs (`kernel_in_layout`).
 
 MetaSchedule's CPU schedules vectorise the innermost axis: in NCHW that is the image width
 (4-32 pixels in these models), in NHWC the channels.  Relax's ConvertLayout turns conv2d and the
@@ -76,6 +76,19 @@ def to_conv_layout(mod: tvm.IRModule) -> tvm.IRModule:
                       f"{str(err).splitlines()[-1][:200]}); compiling in the imported NCHW layout", stacklevel=3)
         return mod
     return _cancel_transposes(converted)
+
+
+def kernel_in_layout(func: tvm.tirx.PrimFunc, x_shape: tuple[int, ...],
+                     out_shape: tuple[int, ...]) -> tvm.tirx.PrimFunc:
+    """A stand-alone NCHW kernel as a model compiled in `current_conv_layout` runs it: under NHWC
+    its channels-last copy (the one `to_conv_layout` puts into the model), else ``func`` itself.
+
+    The search tunes and judges site and candidate kernels through this, so that it compares the
+    kernels the model will run: NCHW kernels tuned and compared while the model ran their NHWC
+    copies chose replacements that did not pay off (see the module docstring)."""
+    if CONV_LAYOUTS[current_conv_layout()] is None or len(x_shape) != 4 or len(out_shape) != 4:
+        return func
+    return _channels_last_kernel(func, tuple(x_shape), tuple(out_shape)) or func
 
 
 def calls_op(mod: tvm.IRModule, op_name: str) -> bool:
@@ -197,8 +210,8 @@ ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.maximum",
 
 
 def _cancel_transposes(mod: tvm.IRModule) -> tvm.IRModule:
-    """Move transposes below the element-wise ops between a replacement kernel and its NHWC
-    neighbours, then drop ``permute_dims(permute_dims(x, p), q)`` that is the identity and
+    """Move transposes below the element-wise ops and pools between a replacement kernel and its
+    NHWC neighbours, then drop ``permute_dims(permute_dims(x, p), q)`` that is the identity and
     identity ``permute_dims``."""
     from tvm.relax.dpl import is_const, is_op, wildcard
 
@@ -233,6 +246,25 @@ def _cancel_transposes(mod: tvm.IRModule) -> tvm.IRModule:
             rules += [sink_rule(name, [permuted(), permuted()]), sink_rule(name, [permuted(), is_const()]),
                       sink_rule(name, [is_const(), permuted()])]
 
+    def pool_rule(name: str) -> tuple:
+        # pool(permute(x, NHWC->NCHW)) in NCHW = permute(pool(x) in NHWC): ConvertLayout keeps a
+        # pool NCHW when its input comes from a replacement's NCHW view, leaving a transpose pair
+        # around it (23 us of digits-cnn's 0.215 ms).
+        make = {"relax.nn.max_pool2d": relax.op.nn.max_pool2d, "relax.nn.avg_pool2d": relax.op.nn.avg_pool2d}[name]
+        x = permuted()
+
+        def rewrite(call: relax.Call, matches: dict) -> relax.Expr:
+            a = call.attrs
+            if axes_of(matches[x]) != TO_NCHW or str(a.layout) != "NCHW" or str(a.out_layout) != "NCHW":
+                return call
+            pooled = make(matches[x].args[0], [int(v) for v in a.pool_size], [int(v) for v in a.strides],
+                          [int(v) for v in a.padding], [int(v) for v in a.dilation], bool(a.ceil_mode),
+                          bool(a.count_include_pad), layout="NHWC", out_layout="NHWC")
+            return relax.op.permute_dims(pooled, list(TO_NCHW))
+
+        return is_op(name)(x), rewrite
+
+    rules += [pool_rule("relax.nn.max_pool2d"), pool_rule("relax.nn.avg_pool2d")]
     inner = permuted()
     outer = is_op("relax.permute_dims")(inner)
 

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-distill", dest="distill", action="store_false",
                    help="judge candidates by their layer-wise fit only (default: a candidate that misses the "
                         "budget is judged again after distilling its configuration end to end)")
+    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW",
+                   help="layout convolutions are compiled, tuned and judged in (default NCHW, the imported one; "
+                        "NHWC: channels-last, see gos_tvm.graph.conv_layout)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -85,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     # before a model is trained into it (the rest -- model, data -- is compared by tune()).
     known = {"device": device.name, "target": str(device.target), "accuracy_budget": float(args.budget),
              **{k: v for k, v in vars(opts).items() if k not in RESUMABLE_OPTIONS},
-             **({"emulated": True} if device.emulated else {})}
+             **({"emulated": True} if device.emulated else {}),
+             **({"conv_layout": args.layout} if args.layout != "NCHW" else {})}
     check_identity(args.work_dir, known, partial=True)
 
     if args.onnx and args.dataset:
@@ -127,13 +131,14 @@ def run(args: argparse.Namespace) -> int:
               f"(validation accuracy in torch {models.accuracy(model, split.x_val, split.y_val):.4f})")
         mod, params = graph.from_torch(model, __import__("torch").from_numpy(split.x_train[:1]))
         calib, val = split.x_train, (split.x_val, split.y_val)
-    result = tune(mod, target, params=params, calib_data=calib, val_data=val, accuracy_budget=args.budget,
-                  tracker=args.tracker, key=args.key, trials_per_task=args.trials_per_task, trials=args.trials,
-                  time_budget=args.time_budget, warm_start_database=args.warm_start_database,
-                  kernel_trials=args.kernel_trials, work_dir=args.work_dir, seed=args.seed, max_sites=args.max_sites,
-                  distill=args.distill)
-    print(result.summary())
-    print(f"report: {result.report_path}\nPareto plot: {result.plot_path}")
-    if args.export:
-        print(f"exported: {result.export_library(args.export)}")
+    with graph.conv_layout(args.layout):  # the search, the tuning and the export alike
+        result = tune(mod, target, params=params, calib_data=calib, val_data=val, accuracy_budget=args.budget,
+                      tracker=args.tracker, key=args.key, trials_per_task=args.trials_per_task, trials=args.trials,
+                      time_budget=args.time_budget, warm_start_database=args.warm_start_database,
+                      kernel_trials=args.kernel_trials, work_dir=args.work_dir, seed=args.seed,
+                      max_sites=args.max_sites, distill=args.distill)
+        print(result.summary())
+        print(f"report: {result.report_path}\nPareto plot: {result.plot_path}")
+        if args.export:
+            print(f"exported: {result.export_library(args.export)}")
     return 0

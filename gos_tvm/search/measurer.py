@@ -1,6 +1,7 @@
 """Where the search's latencies come from: a `Measurer` tunes and times kernels and whole models.
 
-    TunedMeasurer   the real device: MetaSchedule tuning through a builder and an RPC runner into
+    TunedMeasurer   the real device: MetaSchedule tuning (of kernels in the model's convolution
+                    layout, `program_kernel`) through a builder and an RPC runner into
                     the run's one JSON database (per-task budgets), tuned records re-timed and checked, models compiled with their
                     database applied and timed end to end.  Its parts (`TuningParts`: builder,
                     runner factory, database factory, MetaSchedule cost model) are swappable.
@@ -24,6 +25,15 @@ import numpy as np
 
 from ..instructions import OpProgram, to_te
 from .results import SearchOptions
+
+
+def program_kernel(program: OpProgram) -> Any:
+    """The stand-alone kernel of `program` that is tuned and timed: its TensorIR PrimFunc in the
+    layout the model's convolutions are compiled in (`graph.kernel_in_layout`)."""
+    from ..graph import kernel_in_layout
+
+    x_shape = next(iter(program.inputs.values()))
+    return kernel_in_layout(to_te(program), x_shape, program.output_shape)
 
 
 class Measurer(ABC):
@@ -185,7 +195,7 @@ class TunedMeasurer(Measurer):
         from ..hw.tuning.verify import best_correct_record
 
         db = self.database()
-        funcs = {f"k{p.structural_hash}": to_te(p) for p in programs.values()}
+        funcs = {f"k{p.structural_hash}": program_kernel(p) for p in programs.values()}
         # A run killed mid-tuning left records in the database: only the rest of the budget is spent.
         done = min(measured_trials(db, kernel_workload(f, n)) for n, f in funcs.items())
         trials = max(self.opt.kernel_trials - done, 0)
