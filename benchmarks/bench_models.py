@@ -55,10 +55,11 @@ RUNTIME_LABELS = {"tvm_original_tuned": "TVM original (tuned)", "gos_adapted_tun
                   "torch_eager": "PyTorch eager", "torch_compile": "torch.compile", "onnxruntime": "onnxruntime"}
 TARGET_SPEEDUP = 2.2     # the published minimum over the tuned original
 TARGET_ACC_LOSS = 0.01   # at most 1 percentage point of test accuracy
-NOISE_NOTE = ("Latencies are from one run on a shared, noisy 2-core machine (other jobs were running, at times "
-              "another model of this suite too, started as a separate process); "
-              "expect run-to-run variation of tens of percent. TVM numbers are measured over the local RPC "
-              "server, PyTorch / onnxruntime in-process, all at batch 1, float32, 2 threads.")
+NOISE_NOTE = ("Latencies are from one run on a shared 2-core virtual machine (its host is shared with other "
+              "jobs; each record keeps the load average at its start); expect run-to-run variation of up to tens of "
+              "percent in absolute numbers. The speed-up compares the original and the adapted model timed "
+              "alternately in the same minute. TVM numbers are measured over the local RPC server, PyTorch / "
+              "onnxruntime in-process, all at batch 1, float32, 2 threads.")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -7,8 +7,11 @@ tests/data/feature_mismatch_schedule.json).  The cost model extracts features of
 at once, so one such candidate raised out of `TaskScheduler.join_running_task` and ended the
 tuning session, although the candidate itself built, ran and was recorded.  Here a batch that
 fails is extracted candidate by candidate, and a candidate whose features cannot be computed
-gets none: `XGBModel.update` drops feature-less samples, and its prediction falls back to the
-model's bias, so the search goes on and only that candidate is unknown to the cost model.
+gets one row of zeros, so the search goes on and only that candidate is unknown to the cost
+model.  Not an empty matrix: `XGBModel`'s prediction sums rows per candidate with
+`np.bincount(ids)`, and one empty candidate in a batch made `ids` float and ended a tuning session
+with "Cannot cast array data from dtype('float64') to dtype('int64')" once the booster was
+trained (resnet18-style's adapted model on Fashion-MNIST).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ _log = logging.getLogger(__name__)
 
 @derived_object
 class TolerantPerStoreFeature(PyFeatureExtractor):
-    """`PerStoreFeature`, with no features (an empty matrix) for a candidate it fails on."""
+    """`PerStoreFeature`, with one row of zeros for a candidate it fails on."""
 
     def __init__(self, **per_store_feature_args) -> None:
         super().__init__()
@@ -44,7 +47,7 @@ class TolerantPerStoreFeature(PyFeatureExtractor):
                 self.failed += 1
                 _log.warning("cost-model features of one candidate of %s could not be computed (%s); it is "
                              "measured but not learned from", context.task_name, str(err).splitlines()[0][:160])
-                out.append(tvm.runtime.tensor(np.zeros((0, self.inner.feature_vector_length), "float32")))
+                out.append(tvm.runtime.tensor(np.zeros((1, self.inner.feature_vector_length), "float32")))
         return out
 
 
