@@ -51,7 +51,8 @@ def resumed(tmp_path_factory):
     """Start `gos-tvm tune`, kill it (and its tracker and server) once the greedy phase is under
     way, then finish the same search in this process."""
     work = tmp_path_factory.mktemp("gos")
-    cmd = [sys.executable, "-m", "gos_tvm.cli", "tune", "--work-dir", str(work), *CLI_BUDGET]
+    # NCHW, the layout of the `gos_tvm.tune` call that resumes it (the CLI's default is NHWC)
+    cmd = [sys.executable, "-m", "gos_tvm.cli", "tune", "--layout", "NCHW", "--work-dir", str(work), *CLI_BUDGET]
     log = open(work / "killed_run.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 900

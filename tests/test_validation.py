@@ -353,7 +353,10 @@ def cli_files(tmp_path_factory):
     from gos_tvm.search.validate import run_identity
 
     local = gos_tvm.preset("local")
-    ident = run_identity("0" * 16, local, SearchOptions(), np.zeros((2, 1)), lambda p: 0.0, 0.01)
+    from gos_tvm.graph import conv_layout
+
+    with conv_layout("NHWC"):  # the CLI's default layout, part of a work directory's identity
+        ident = run_identity("0" * 16, local, SearchOptions(), np.zeros((2, 1)), lambda p: 0.0, 0.01)
     store = WorkDir(d / "work", {**ident, "model": "an earlier model"})
     store.record_measurement("kernel:0", kind="kernel", latency_s=1e-5)
     store.save_state({"phase": "complexity"})

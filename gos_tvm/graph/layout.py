@@ -3,11 +3,13 @@ request) and the module rewrites that make a channels-last model out of an impor
 (`to_conv_layout`, used by `graph.legalize` so that tuning, compiling and export see the same
 kernels).
 
-Why NCHW stays the default, measured (README, "Convolutions ... channels-last"): NHWC makes a
-tuned *original* model 1.6-2.1x faster, but GOS's replacement kernels are fitted, tuned and
-judged as NCHW programs; as NHWC copies they tuned slower (digits-cnn's conv2 replacement 29.6 us
-NCHW, 51.4 us NHWC) and the adapted digits-cnn ran 0.215 ms in NHWC against 0.106 ms in NCHW.
-The search now tunes and judges kernels in the layout the model runs (`kernel_in_layout`).
+The library's default stays the imported NCHW (`conv_layout` changes it for a block);
+`gos-tvm tune` compiles NHWC by default (`--layout`).  Measured with the README's main command
+in one session (digits-cnn, 16 trials per task, original and adapted timed alternately): NHWC
+0.236 -> 0.108 ms (2.18x), NCHW 0.610 -> 0.527 ms (1.16x).  That needed the search to tune and
+judge site and candidate kernels in the layout the model runs (`kernel_in_layout`): while it
+judged NCHW kernels and the model ran their NHWC copies, the same command gave 0.216 -> 0.215 ms
+(digits-cnn's conv2 replacement: 29.6 us as the NCHW kernel, 51.4 us as the NHWC copy).
 
 MetaSchedule's CPU schedules vectorise the innermost axis: in NCHW that is the image width
 (4-32 pixels in these models), in NHWC the channels.  Relax's ConvertLayout turns conv2d and the

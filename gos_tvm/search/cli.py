@@ -47,9 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-distill", dest="distill", action="store_false",
                    help="judge candidates by their layer-wise fit only (default: a candidate that misses the "
                         "budget is judged again after distilling its configuration end to end)")
-    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW",
-                   help="layout convolutions are compiled, tuned and judged in (default NCHW, the imported one; "
-                        "NHWC: channels-last, see gos_tvm.graph.conv_layout)")
+    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NHWC",
+                   help="layout convolutions are compiled, tuned and judged in (default NHWC, channels-last: "
+                        "the faster original and adapted models here; NCHW, the imported one; see "
+                        "gos_tvm.graph.conv_layout)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
