@@ -164,12 +164,11 @@ class GOSearch:
         data = self.measurer.model(name, mod, params, self.calib[:1], trials_per_task=per_task)
         return self.store.record_measurement(key, kind="model", name=name, **data)
 
-    def side_by_side(self, choices: Mapping[str, str | None], adapted: dict) -> tuple[dict, dict]:
+    def side_by_side(self, mod, params: Mapping[str, np.ndarray], adapted: dict) -> tuple[dict, dict]:
         """The original's and the adapted model's measurement rows with their latencies from timing
         the two alternately (`Measurer.paired`, once per configuration and budget): the speed-up and
         the fall-back compare these, not the original timed at the start of the run with the
-        adapted model timed at its end."""
-        mod, params = self.adapted(choices)
+        adapted model timed at its end.  `mod, params`: the adapted model."""
         key = f"paired:{fingerprint(self.mod, self.params)}:{fingerprint(mod, params)}:{self.trials_per_task}pt"
         row = self.store.measured(key)
         if row is None:
@@ -313,8 +312,9 @@ class GOSearch:
             self._sync_decisions(chosen)
             adapted = self.baseline
             if any(chosen.choices.values()):
-                adapted = self.model_latency("adapted", *self.adapted(chosen.choices))
-                self.baseline, adapted = self.side_by_side(chosen.choices, adapted)
+                mod, params = self.adapted(chosen.choices)
+                adapted = self.model_latency("adapted", mod, params)
+                self.baseline, adapted = self.side_by_side(mod, params, adapted)
                 if adapted["median_s"] >= self.baseline["median_s"]:
                     chosen, adapted = fall_back_to_original(self.state, configs, chosen, adapted, self.baseline)
             bar.update()

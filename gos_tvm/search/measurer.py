@@ -306,31 +306,35 @@ class FakeMeasurer(Measurer):
 
     def model(self, name: str, mod: Any, params: Mapping[str, np.ndarray], example: np.ndarray, *,
               trials_per_task: int) -> dict:
+        self.model_calls.append(name)
+        self.model_trials.append(trials_per_task)
+        lat, n_funcs = self._formula(name, mod, params)
+        return {"median_s": lat, "mean_s": lat, "std_s": 0.0, "min_s": lat, "max_s": lat, "raw_s": [lat] * self.repeat,
+                "number": 1, "device": "fake", "emulated": False, "rounds": 1, "spread": 0.0, "stable": True,
+                "kernel_sum_s": lat, "tasks": n_funcs, "trials": 0, "trials_per_task": trials_per_task,
+                "per_task": [], "tuned_tasks": [], "tuning_s": 0.0, "outputs_head": []}
+
+    def _formula(self, name: str, mod: Any, params: Mapping[str, np.ndarray]) -> tuple[float, int]:
+        """(latency, PrimFunc count) of the legalized model by the fake device's formula."""
         import tvm
         from tvm.s_tir.analysis import estimate_tir_flops
 
         from ..graph import legalize
 
-        self.model_calls.append(name)
-        self.model_trials.append(trials_per_task)
         lowered = legalize(mod, params)
         funcs = [f for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
         flops = sum(float(estimate_tir_flops(tvm.IRModule({"main": f}))) for f in funcs)
-        lat = (2e-6 * len(funcs) + 1e-10 * flops) * self.slowdown.get(name, 1.0)
-        return {"median_s": lat, "mean_s": lat, "std_s": 0.0, "min_s": lat, "max_s": lat, "raw_s": [lat] * self.repeat,
-                "number": 1, "device": "fake", "emulated": False, "rounds": 1, "spread": 0.0, "stable": True,
-                "kernel_sum_s": lat, "tasks": len(funcs), "trials": 0, "trials_per_task": trials_per_task,
-                "per_task": [], "tuned_tasks": [], "tuning_s": 0.0, "outputs_head": []}
+        return (2e-6 * len(funcs) + 1e-10 * flops) * self.slowdown.get(name, 1.0), len(funcs)
 
     def paired(self, models: Mapping[str, tuple[Any, Mapping[str, np.ndarray]]], example: np.ndarray, *,
                rounds: int) -> dict[str, dict]:
         self.paired_calls.append(sorted(models))
-        keep = ("median_s", "mean_s", "std_s", "min_s", "max_s", "raw_s", "number", "device", "emulated", "spread")
         out = {}
         for name, (mod, params) in models.items():
-            row = self.model(name, mod, params, example, trials_per_task=0)
-            self.model_calls.pop(), self.model_trials.pop()  # not a tuning
-            out[name] = {**{k: row[k] for k in keep}, "rounds": rounds}
+            lat, _ = self._formula(name, mod, params)
+            out[name] = {"median_s": lat, "mean_s": lat, "std_s": 0.0, "min_s": lat, "max_s": lat,
+                         "raw_s": [lat] * self.repeat * rounds, "number": 1, "device": "fake", "emulated": False,
+                         "rounds": rounds, "spread": 0.0}
         return out
 
 
