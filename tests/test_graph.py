@@ -309,43 +309,6 @@ def test_a_replacement_before_a_pool_runs_channels_last_without_transposes():
     assert rel_err(out, reference) < 1e-4
 
 
-def _shapes(func) -> list[list[int]]:
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-
-    return [[int(d) for d in info.shape] for info in ArgInfo.from_prim_func(func)]
-
-
-def _run_prim_func(func, inputs: list[np.ndarray]) -> np.ndarray:
-    """`func` (inputs..., output) built for the host with its default schedule, run on `inputs`."""
-    lib = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
-    args = [tvm.runtime.tensor(a) for a in inputs] + [tvm.runtime.tensor(np.zeros(_shapes(func)[-1], "float32"))]
-    lib["main"](*args)
-    return args[-1].numpy()
-
-
-def test_the_search_tunes_kernels_in_the_layout_the_model_runs():
-    """The stand-alone kernel the search tunes and judges (a site's and a candidate's) is NCHW by
-    default and, inside conv_layout('NHWC'), the channels-last copy the model runs: the same
-    function on transposed input and output."""
-    from gos_tvm.search.measurer import program_kernel
-
-    cls, shape = MODELS["resnet"]
-    model = prepared(cls())
-    mod, params = from_torch(model, torch.randn(shape, generator=torch.Generator().manual_seed(1)))
-    site = {s.id: s for s in find_sites(mod, params)}["layer1.0.conv2"]
-    rng = np.random.default_rng(0)
-    for program in (site.program, replacement_for(site, seed=0)[0]):
-        nchw = program_kernel(program)
-        with conv_layout("NHWC"):
-            nhwc = program_kernel(program)
-        shapes = _shapes(nchw)[:-1]
-        inputs = [rng.standard_normal(s).astype("float32") for s in shapes]
-        assert _shapes(nhwc)[0] == [shapes[0][i] for i in (0, 2, 3, 1)]
-        expected = _run_prim_func(nchw, inputs)
-        got = _run_prim_func(nhwc, [np.ascontiguousarray(inputs[0].transpose(0, 2, 3, 1)), *inputs[1:]])
-        np.testing.assert_allclose(got.transpose(0, 3, 1, 2), expected, rtol=1e-4, atol=1e-4)
-
-
 def test_substituted_module_matches_torch_reference(imported):
     name, model, x, mod, params = imported
     sites = find_sites(mod, params)

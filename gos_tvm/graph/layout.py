@@ -6,10 +6,11 @@ kernels).
 The library's default stays the imported NCHW (`conv_layout` changes it for a block);
 `gos-tvm tune` compiles NHWC by default (`--layout`).  Measured with the README's main command
 in one session (digits-cnn, 16 trials per task, original and adapted timed alternately): NHWC
-0.236 -> 0.108 ms (2.18x), NCHW 0.610 -> 0.527 ms (1.16x).  That needed the search to tune and
-judge site and candidate kernels in the layout the model runs (`kernel_in_layout`): while it
-judged NCHW kernels and the model ran their NHWC copies, the same command gave 0.216 -> 0.215 ms
-(digits-cnn's conv2 replacement: 29.6 us as the NCHW kernel, 51.4 us as the NHWC copy).
+0.236 -> 0.108 ms (2.18x), NCHW 0.610 -> 0.527 ms (1.16x).  That needs the search to judge sites
+and candidates in the layout the model runs: while it judged NCHW kernels and the model ran their
+NHWC copies, the same command gave 0.216 -> 0.215 ms (digits-cnn's conv2 replacement: 29.6 us as
+the NCHW kernel, 51.4 us as the NHWC copy).  The search now judges them by the tasks of the model
+itself (`gos_tvm.hw.tuning.task_delta`), compiled through `to_conv_layout`.
 
 MetaSchedule's CPU schedules vectorise the innermost axis: in NCHW that is the image width
 (4-32 pixels in these models), in NHWC the channels.  Relax's ConvertLayout turns conv2d and the
@@ -78,19 +79,6 @@ def to_conv_layout(mod: tvm.IRModule) -> tvm.IRModule:
                       f"{str(err).splitlines()[-1][:200]}); compiling in the imported NCHW layout", stacklevel=3)
         return mod
     return _cancel_transposes(converted)
-
-
-def kernel_in_layout(func: tvm.tirx.PrimFunc, x_shape: tuple[int, ...],
-                     out_shape: tuple[int, ...]) -> tvm.tirx.PrimFunc:
-    """A stand-alone NCHW kernel as a model compiled in `current_conv_layout` runs it: under NHWC
-    its channels-last copy (the one `to_conv_layout` puts into the model), else ``func`` itself.
-
-    The search tunes and judges site and candidate kernels through this, so that it compares the
-    kernels the model will run: NCHW kernels tuned and compared while the model ran their NHWC
-    copies chose replacements that did not pay off (see the module docstring)."""
-    if CONV_LAYOUTS[current_conv_layout()] is None or len(x_shape) != 4 or len(out_shape) != 4:
-        return func
-    return _channels_last_kernel(func, tuple(x_shape), tuple(out_shape)) or func
 
 
 def calls_op(mod: tvm.IRModule, op_name: str) -> bool:

@@ -27,7 +27,7 @@ _LAZY = {
     "WarmBuilder": "metaschedule.builder", "TrackerRunner": "metaschedule.runner",
     "make_runner": "metaschedule.runner",
     # tuning
-    "tune_primfunc": "tuning", "tune_primfuncs": "tuning", "tune_module": "tuning", "tune_module_per_task": "tuning", "task_budgets": "tuning", "compile_tuned": "tuning",
+    "tune_primfunc": "tuning", "tune_primfuncs": "tuning", "tune_module": "tuning", "tune_module_per_task": "tuning", "tune_tasks_per_task": "tuning", "task_budgets": "tuning", "compile_tuned": "tuning",
     "KernelTuneResult": "tuning", "best_record": "tuning", "record_latency": "tuning",
     "open_database": "tuning", "database_records": "tuning", "builder_and_runner": "tuning",
     # measurement

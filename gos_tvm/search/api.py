@@ -187,7 +187,7 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
          eval_fn: EvalFn | None = None, accuracy_budget: float = 0.01,
          tracker: tuple[str, int] | str | None = None, key: str | None = None,
          trials_per_task: int | None = None, trials: int | None = None, time_budget: float | None = None,
-         kernel_trials: int = 16, work_dir: str | os.PathLike = "gos_work", seed: int = 0,
+         kernel_trials: int | None = None, work_dir: str | os.PathLike = "gos_work", seed: int = 0,
          example_inputs: Any = None, warm_start: str | os.PathLike | None = None,
          warm_start_database: str | os.PathLike | None = None,
          strategies: Sequence[SearchStrategy] | None = None, latency_model: ProgramLatencyModel | None = None,
@@ -212,7 +212,8 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
         trials: the former whole-model total, kept for compatibility: without `trials_per_task`
             it is spread evenly, ceil(trials / tasks of the original model) per task.
         time_budget: optional wall-clock bound (s) on each whole-model tuning session.
-        kernel_trials: trials for each site's and each candidate's kernel.
+        kernel_trials: trials for each new task a candidate brings into the model (its kernel fused
+            as the model runs it); default None: `trials_per_task`, as for the task it replaces.
         work_dir: where everything is kept; rerunning with the same arguments resumes.  A work
             directory of another run (another model, calibration or validation data, device,
             accuracy budget or option, e.g. a larger `trials`) is refused untouched: tune with

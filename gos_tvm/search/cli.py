@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an earlier run's WORK_DIR/database (same device): seeds this run's tuning database")
     p.add_argument("--time-budget", type=float, default=None,
                    help="wall-clock seconds bound on each whole-model tuning session")
-    p.add_argument("--kernel-trials", type=int, default=16, help="trials per site/candidate kernel (default 16)")
+    p.add_argument("--kernel-trials", type=int, default=None,
+                   help="trials for each new task a candidate brings into the model (default: the per-task budget)")
     p.add_argument("--budget", type=float, default=0.01, help="allowed accuracy drop (default 0.01 = 1 point)")
     p.add_argument("--max-sites", type=int, default=None, help="replace at most this many sites")
     p.add_argument("--work-dir", default="gos_work", help="work directory (rerun to resume; default gos_work)")
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, value, least in (("--trials", args.trials, 1), ("--trials-per-task", args.trials_per_task, 1),
                                ("--kernel-trials", args.kernel_trials, 1), ("--max-sites", args.max_sites, 0),
                                ("--seed", args.seed, 0)):
-        check_int(flag, value, least, allow_none=flag in ("--max-sites", "--trials", "--trials-per-task"))
+        check_int(flag, value, least, allow_none=flag in ("--max-sites", "--trials", "--trials-per-task", "--kernel-trials"))
     if args.time_budget is not None:
         check_float("--time-budget", args.time_budget, 0.0, min_exclusive=True)
     check_float("--budget", args.budget, 0.0)

@@ -3,8 +3,8 @@
     1. baseline     tune the original model with MetaSchedule (`trials_per_task` for every task, into
                     the run's one database), compile it with the database applied, measure it end to
                     end on the device until the timings are stable; its accuracy.
-    2. complexity   tune and measure every site's operator as a kernel: each site's share of the
-                    model's latency.
+    2. complexity   each site's share of the tuned original: the tuned tasks that replacing it
+                    removes from the model (fused epilogue and layout included; nothing is tuned).
     3. strategies   choose per-site replacements (`strategies.py`; by default greedy least-
                     efficient-first with bisection of the latency model's ranking, then evolution).
     4. final        Pareto front of (latency, accuracy); the fastest configuration within the
@@ -115,27 +115,71 @@ class GOSearch:
 
     # ------------------------------------------------------------------ measurements (cached in the log)
 
-    def kernel_latencies(self, programs: Mapping[str, OpProgram]) -> dict[str, float]:
-        """Tuned latency (s) of each program as a kernel on the device; measured once, ever."""
+    def site_costs(self) -> dict[str, float]:
+        """Each site's share of the original model's latency as the model runs it: what the tuned
+        tasks that replacing the site removes cost (`Measurer.replacements`; the site's own program
+        stands in for it, so nothing new is tuned).  Asked once per budget, ever."""
+        from .. import graph
+
+        pt = self.trials_per_task
         out, todo = {}, {}
-        for name, program in programs.items():
-            row = self.store.measured(f"kernel:{program.structural_hash}")
+        for site_id, site in self.sites.items():
+            row = self.store.measured(f"site:{site_id}:{pt}pt")
             if row is not None:
-                out[name] = row["latency_s"]
+                out[site_id] = row["latency_s"]
             else:
-                todo[name] = program
+                todo[site_id] = site
         if todo:
-            measured = self.measurer.kernels(todo)
-            recorded: set[str] = set()  # identical sites (repeated blocks) share one kernel
-            for name, program in todo.items():
-                lat = out[name] = measured[name]
-                if program.structural_hash not in recorded:
-                    recorded.add(program.structural_hash)
-                    self.store.record_measurement(f"kernel:{program.structural_hash}", kind="kernel", latency_s=lat,
-                                                  program=program.name, trials=self.opt.kernel_trials)
-                    if math.isfinite(lat):
-                        self.latency_model.update([program], [lat])
+            variants = {s: graph.substitute(self.mod, self.params, {s: (site.program, site.weights)})
+                        for s, site in todo.items()}
+            measured = self.measurer.replacements((self.mod, self.params), variants, trials_per_task=None)
+            for site_id, m in measured.items():
+                lat = out[site_id] = m["removed_s"]
+                self.store.record_measurement(f"site:{site_id}:{pt}pt", kind="site", latency_s=lat,
+                                              tasks=m["removed"], program=todo[site_id].program.name)
+                if math.isfinite(lat):
+                    self.latency_model.update([todo[site_id].program], [lat])
         return out
+
+    @property
+    def candidate_trials(self) -> int:
+        """Trials for each new task a candidate brings into the model: `kernel_trials`, or the
+        model's per-task budget (a candidate is tuned as much as the task it replaces)."""
+        return self.opt.kernel_trials or self.trials_per_task
+
+    def _candidate_log_key(self, ckey: str) -> str:
+        # Distilled variants share their program, and so their measurement, with their candidate.
+        info = self.state["candidates"][ckey]
+        return f"candidate:{info['site']}:{info['hash']}:{self.candidate_trials}pt"
+
+    def candidate_measurement(self, ckey: str) -> dict | None:
+        """The candidate's measurement row (`candidate_latencies`), None if it was not measured."""
+        return self.store.measured(self._candidate_log_key(ckey))
+
+    def candidate_latencies(self, ckeys: Sequence[str]) -> dict[str, dict]:
+        """Each candidate as the model runs it at its site (`Measurer.replacements`): `latency_s`,
+        what its new tasks cost once tuned with `candidate_trials` each; `removed_s`, what the
+        original's tasks it replaces cost; `saved_s`, the difference.  Measured once, ever."""
+        out, todo = {}, {}
+        for ckey in ckeys:
+            row = self.candidate_measurement(ckey)
+            if row is not None:
+                out[ckey] = row
+            else:
+                todo.setdefault(self._candidate_log_key(ckey), ckey)  # identical blocks: measured once
+        if todo:
+            variants = {ckey: self.adapted({self.candidate(ckey).site: ckey}) for ckey in todo.values()}
+            measured = self.measurer.replacements((self.mod, self.params), variants,
+                                                  trials_per_task=self.candidate_trials)
+            for log_key, ckey in todo.items():
+                m, program = measured[ckey], self.program(ckey)
+                self.store.record_measurement(log_key, kind="candidate", latency_s=m["added_s"],
+                                              removed_s=m["removed_s"], saved_s=m["removed_s"] - m["added_s"],
+                                              tasks=m["added"], replaced_tasks=m["removed"], program=program.name,
+                                              trials=self.candidate_trials)
+                if math.isfinite(m["added_s"]):
+                    self.latency_model.update([program], [m["added_s"]])
+        return {ckey: self.candidate_measurement(ckey) for ckey in ckeys}
 
     @functools.cached_property
     def trials_per_task(self) -> int:
@@ -258,12 +302,9 @@ class GOSearch:
         return graph.capture(self.mod, self.params, self.calib)
 
     def estimate(self, choices: Mapping[str, str | None]) -> float:
-        """Model latency from kernel measurements: the original's, minus what the replaced sites save."""
-        saved = 0.0
-        for site, ckey in choices.items():
-            if ckey is not None:
-                cand = self.store.measured(f"kernel:{self.state['candidates'][ckey]['hash']}")
-                saved += self.site_latency[site] - cand["latency_s"]
+        """Model latency from the replacements' measurements: the original's, minus what each
+        replaced site saves in the model (`candidate_latencies`)."""
+        saved = sum(self.candidate_measurement(ckey)["saved_s"] for ckey in choices.values() if ckey is not None)
         return self.baseline["median_s"] - saved
 
     def configurations(self) -> list[Configuration]:
@@ -271,9 +312,8 @@ class GOSearch:
         out = []
         for key, acc in self.state["scores"].items():
             choices = json.loads(key)
-            if any(self.store.measured(f"kernel:{self.state['candidates'][c]['hash']}") is None
-                   for c in choices.values()):
-                continue  # rejected on accuracy before its kernel was measured
+            if any(self.candidate_measurement(c) is None for c in choices.values()):
+                continue  # rejected on accuracy before it was measured
             out.append(Configuration({s: choices.get(s) for s in self.sites}, self.estimate(choices), acc,
                                      origin="original" if not choices else "search"))
         return out
@@ -288,8 +328,8 @@ class GOSearch:
             self.original_score = self.score({})
             bar.update()
 
-            bar.set_postfix_str("complexity: tune each site's kernel")
-            self.site_latency = self.kernel_latencies({s: site.program for s, site in self.sites.items()})
+            bar.set_postfix_str("complexity: each site's share of the tuned model")
+            self.site_latency = self.site_costs()
             for s, site in self.sites.items():
                 lat = self.site_latency[s]
                 self.state["decisions"].setdefault(s, vars(Decision(s, site.kind, site.flops, lat,

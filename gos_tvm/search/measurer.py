@@ -1,16 +1,21 @@
 """Where the search's latencies come from: a `Measurer` tunes and times kernels and whole models.
 
-    TunedMeasurer   the real device: MetaSchedule tuning (of kernels in the model's convolution
-                    layout, `program_kernel`) through a builder and an RPC runner into
-                    the run's one JSON database (per-task budgets), tuned records re-timed and checked, models compiled with their
-                    database applied and timed end to end.  Its parts (`TuningParts`: builder,
-                    runner factory, database factory, MetaSchedule cost model) are swappable.
+    TunedMeasurer   the real device: MetaSchedule tuning through a builder and an RPC runner into
+                    the run's one JSON database (per-task budgets) of the model's tasks and of
+                    the new tasks a replacement brings into it, tuned records re-timed and
+                    checked, models compiled with their database applied and timed end to end.
+                    Its parts (`TuningParts`: builder, runner factory, database factory,
+                    MetaSchedule cost model) are swappable.
     FakeMeasurer    a fake device, like MetaSchedule's DummyBuilder/DummyRunner: deterministic
                     latencies from a formula, no tuning, no tracker, so the search's strategies,
                     bisection, fall-back, Pareto front and resume are unit-tested in seconds.
 
+A site and its candidates are priced as the model runs them (`Measurer.replacements`): by the
+tasks MetaSchedule extracts from the model with the site replaced (`hw.tuning.task_delta`), so
+a kernel's fused epilogue, its layout and the records it shares with identical layers count.
+
 The search caches what a measurer returns in the work directory's log, so a measurer is asked
-about each kernel and each model at most once per work directory.
+about each replacement and each model at most once per work directory and budget.
 """
 from __future__ import annotations
 
@@ -23,26 +28,68 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..instructions import OpProgram, to_te
 from .results import SearchOptions
 
 
-def program_kernel(program: OpProgram) -> Any:
-    """The stand-alone kernel of `program` that is tuned and timed: its TensorIR PrimFunc in the
-    layout the model's convolutions are compiled in (`graph.kernel_in_layout`)."""
-    from ..graph import kernel_in_layout
-
-    x_shape = next(iter(program.inputs.values()))
-    return kernel_in_layout(to_te(program), x_shape, program.output_shape)
+Model = tuple[Any, Mapping[str, np.ndarray]]
 
 
 class Measurer(ABC):
     """Latencies of kernels and whole models on one device (see the module docstring)."""
 
+    def replacements(self, original: Model, variants: Mapping[str, Model], *,
+                     trials_per_task: int | None) -> dict[str, dict]:
+        """What each variant -- the original model with one site replaced -- changes in the model as
+        it is compiled (`hw.tuning.task_delta` of their extracted tasks).  Per variant:
+
+        removed_s  what the original's tasks it no longer runs cost (their best correct records,
+                   from the original's tuning): the site as the model runs it, fused epilogue,
+                   layout and shared records included;
+        added_s    what its new tasks cost once each is tuned up to `trials_per_task` measured
+                   candidates (inf where one has no correct schedule); trials_per_task=None tunes
+                   nothing and gives None (a site's own cost needs only `removed_s`);
+        removed, added  the task names."""
+        from ..hw.tuning.delta import TaskDelta, task_delta, workload_key
+
+        before = self._original_tasks(original)
+        deltas = {name: task_delta(before, self.tasks(model)) for name, model in variants.items()}
+        known = {workload_key(t): t for d in deltas.values() for t, _ in d.removed}
+        new = {workload_key(t): t for d in deltas.values() for t, _ in d.added} if trials_per_task is not None else {}
+        latency = self.task_latencies(list(known.values()), list(new.values()), trials_per_task)
+        price = lambda task: latency[workload_key(task)]  # noqa: E731
+        return {name: {"removed_s": TaskDelta.seconds(d.removed, price),
+                       "added_s": TaskDelta.seconds(d.added, price) if trials_per_task is not None else None,
+                       "removed": TaskDelta.names(d.removed), "added": TaskDelta.names(d.added)}
+                for name, d in deltas.items()}
+
     @abstractmethod
-    def kernels(self, programs: Mapping[str, OpProgram]) -> dict[str, float]:
-        """Tuned latency (s) of each program as a stand-alone kernel, by the mapping's keys; inf for
-        a kernel without a correct tuned schedule."""
+    def task_latencies(self, known: Sequence[Any], new: Sequence[Any], trials_per_task: int | None) -> dict[int, float]:
+        """Seconds per call of each extracted task, by `hw.tuning.workload_key`: `known` ones (the
+        original's, already tuned) from their records, `new` ones after tuning each up to
+        `trials_per_task` trials; inf for a task without a correct schedule."""
+
+    def target(self) -> Any:
+        """The target whose tasks are extracted (`replacements`)."""
+        from ..targets import cpu_target
+
+        return cpu_target()
+
+    def tasks(self, model: Model) -> list:
+        """MetaSchedule's tuning tasks of `(mod, params)` as compiled for `target()` (under the
+        current `graph.conv_layout`)."""
+        from tvm.s_tir import meta_schedule as ms
+
+        from ..hw.tuning import prepare_relax
+
+        target = self.target()
+        return list(ms.relax_integration.extract_tasks(prepare_relax(*model, target), target))
+
+    def _original_tasks(self, original: Model) -> list:
+        # The search asks about the same original many times; extracting its tasks takes ~1 s.
+        cached = getattr(self, "_original", None)
+        if cached is None or cached[0] is not original[0]:
+            self._original = cached = (original[0], self.tasks(original))
+        return cached[1]
 
     @abstractmethod
     def model(self, name: str, mod: Any, params: Mapping[str, np.ndarray], example: np.ndarray, *,
@@ -157,6 +204,7 @@ class TunedMeasurer(Measurer):
         self.warm_start_database = None if warm_start_database is None else Path(warm_start_database)
         self._builder = self._runner = None
         self._database: Any = None
+        self._correct: dict[int, float] = {}  # workload key -> its best correct record's latency
 
     def builder(self) -> Any:
         if self._builder is None:
@@ -189,25 +237,35 @@ class TunedMeasurer(Measurer):
                 obj.close()
         self._builder = self._runner = None
 
-    def kernels(self, programs: Mapping[str, OpProgram]) -> dict[str, float]:
-        from ..hw import tune_primfuncs
-        from ..hw.tuning.database import kernel_workload, measured_trials, remeasure_best
+    def target(self) -> Any:
+        return self.device.target
+
+    def task_latencies(self, known: Sequence[Any], new: Sequence[Any], trials_per_task: int | None) -> dict[int, float]:
+        from ..hw import tune_tasks_per_task
+        from ..hw.tuning.database import remeasure_best
+        from ..hw.tuning.delta import workload_key
         from ..hw.tuning.verify import best_correct_record
 
         db = self.database()
-        funcs = {f"k{p.structural_hash}": program_kernel(p) for p in programs.values()}
-        # A run killed mid-tuning left records in the database: only the rest of the budget is spent.
-        done = min(measured_trials(db, kernel_workload(f, n)) for n, f in funcs.items())
-        trials = max(self.opt.kernel_trials - done, 0)
-        if trials:
-            tune_primfuncs(funcs, self.device, trials_per_task=trials, trials_per_iter=min(8, trials), database=db,
-                           builder=self.builder(), runner=self.runner(), cost_model=self._cost_model(),
-                           seed=self.opt.seed, work_dir=str(self.database_dir / "logs" / "kernels"))
-        remeasure_best(db, [kernel_workload(f, n) for n, f in funcs.items()], self.device.target,
-                       self.builder(), self.runner())
-        # The fastest schedule that computes the kernel (a few of MetaSchedule's do not).
-        best = {n: best_correct_record(db, kernel_workload(f, n))[0] for n, f in funcs.items()}
-        return {name: best[f"k{p.structural_hash}"] for name, p in programs.items()}
+        if new:
+            info = tune_tasks_per_task(new, self.device, trials_per_task, database=db,
+                                       work_dir=str(self.database_dir / "logs" / "replacements"),
+                                       builder=self.builder(), runner=self.runner(),
+                                       trials_per_iter=min(16, trials_per_task), cost_model=self._cost_model(),
+                                       seed=self.opt.seed, max_seconds=self.opt.time_budget)
+            tuned = [t for t in new if t.task_name in info["tuned"]]
+            remeasure_best(db, [t.dispatched[0] for t in tuned], self.target(), self.builder(), self.runner())
+            for t in tuned:
+                self._correct.pop(workload_key(t), None)
+        out = {}
+        for task in list(known) + list(new):
+            key = workload_key(task)
+            if key not in self._correct:
+                # The fastest schedule that computes the task (a few of MetaSchedule's do not), as
+                # `compile_tuned` applies it.
+                self._correct[key] = best_correct_record(db, task.dispatched[0])[0]
+            out[key] = self._correct[key]
+        return out
 
     def model(self, name: str, mod: Any, params: Mapping[str, np.ndarray], example: np.ndarray, *,
               trials_per_task: int) -> dict:
@@ -225,7 +283,8 @@ class TunedMeasurer(Measurer):
                                     seed=self.opt.seed, max_seconds=self.opt.time_budget)
         prepared = prepare_relax(mod, params, target)
         tasks = ms.relax_integration.extract_tasks(prepared, target)
-        if info["tuned"]:  # re-time the winners alone (see `remeasure_best`); records already re-timed stay
+        if info["tuned"]:
+            self._correct.clear()  # re-time the winners alone (see `remeasure_best`); records already re-timed stay
             fresh = self.parts.runner(self.tracker, self.key)  # new measuring processes, as for the end-to-end run
             try:
                 remeasure_best(db, [t.dispatched[0] for t in tasks if t.task_name in info["tuned"]], target,
@@ -275,34 +334,43 @@ class TunedMeasurer(Measurer):
 # ---------------------------------------------------------------------------------------- fake device
 
 
-def formula_latency(program: OpProgram) -> float:
-    """The fake device's kernel latency: 2 us of launch, 1 ns per 10 FLOPs, 1 ns per parameter."""
-    return 2e-6 + 1e-10 * float(program.flops) + 1e-9 * float(program.params)
+def formula_latency(task: Any) -> float:
+    """The fake device's latency of one call of a tuning task: 2 us of launch + 1 ns per 10 FLOPs
+    of its workload (TVM's `estimate_tir_flops`)."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    return 2e-6 + 1e-10 * float(estimate_tir_flops(task.dispatched[0]))
 
 
 class FakeMeasurer(Measurer):
     """A fake device: latencies from a deterministic formula, nothing tuned or timed.
 
-    kernel latency = `kernel_latency(program)` (default `formula_latency`); model latency = 2 us
-    per kernel of the legalized module + 1 ns per 10 FLOPs of its PrimFuncs (TVM's
-    `estimate_tir_flops`), times `slowdown.get(name, 1)` (e.g. {"adapted": 3.0} makes the adapted
+    Task latency = `task_latency(task)` (default `formula_latency`), the same for the original's
+    tasks and for a replacement's new ones; model latency = the sum over the model's tasks of
+    weight x task latency, times `slowdown.get(name, 1)` (e.g. {"adapted": 3.0} makes the adapted
     model measure slower end to end than its kernels promise, to exercise the fall-back).
-    `kernel_calls` / `model_calls` record what was asked, so tests can check that a resumed search
-    asks nothing twice."""
+    `replacement_calls` / `model_calls` record what was asked, so tests can check that a resumed
+    search asks nothing twice."""
 
-    def __init__(self, kernel_latency: Callable[[OpProgram], float] = formula_latency,
+    def __init__(self, task_latency: Callable[[Any], float] = formula_latency,
                  slowdown: Mapping[str, float] | None = None, repeat: int = 3):
-        self.kernel_latency = kernel_latency
+        self.task_latency = task_latency
         self.slowdown = dict(slowdown or {})
         self.repeat = repeat
-        self.kernel_calls: list[str] = []
+        self.replacement_calls: list[str] = []  # the variants asked about (site ids, candidate keys)
         self.model_calls: list[str] = []
         self.model_trials: list[int] = []  # the per-task budget each model call was given
         self.paired_calls: list[list[str]] = []
 
-    def kernels(self, programs: Mapping[str, OpProgram]) -> dict[str, float]:
-        self.kernel_calls += [p.structural_hash for p in programs.values()]
-        return {name: float(self.kernel_latency(p)) for name, p in programs.items()}
+    def replacements(self, original: Model, variants: Mapping[str, Model], *,
+                     trials_per_task: int | None) -> dict[str, dict]:
+        self.replacement_calls += list(variants)
+        return super().replacements(original, variants, trials_per_task=trials_per_task)
+
+    def task_latencies(self, known: Sequence[Any], new: Sequence[Any], trials_per_task: int | None) -> dict[int, float]:
+        from ..hw.tuning.delta import workload_key
+
+        return {workload_key(t): float(self.task_latency(t)) for t in list(known) + list(new)}
 
     def model(self, name: str, mod: Any, params: Mapping[str, np.ndarray], example: np.ndarray, *,
               trials_per_task: int) -> dict:
@@ -315,16 +383,10 @@ class FakeMeasurer(Measurer):
                 "per_task": [], "tuned_tasks": [], "tuning_s": 0.0, "outputs_head": []}
 
     def _formula(self, name: str, mod: Any, params: Mapping[str, np.ndarray]) -> tuple[float, int]:
-        """(latency, PrimFunc count) of the legalized model by the fake device's formula."""
-        import tvm
-        from tvm.s_tir.analysis import estimate_tir_flops
-
-        from ..graph import legalize
-
-        lowered = legalize(mod, params)
-        funcs = [f for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-        flops = sum(float(estimate_tir_flops(tvm.IRModule({"main": f}))) for f in funcs)
-        return (2e-6 * len(funcs) + 1e-10 * flops) * self.slowdown.get(name, 1.0), len(funcs)
+        """(latency, task count) of the model by the fake device's formula."""
+        tasks = self.tasks((mod, params))
+        lat = sum(int(t.weight) * self.task_latency(t) for t in tasks)
+        return lat * self.slowdown.get(name, 1.0), len(tasks)
 
     def paired(self, models: Mapping[str, tuple[Any, Mapping[str, np.ndarray]]], example: np.ndarray, *,
                rounds: int) -> dict[str, dict]:

@@ -53,7 +53,7 @@ def fall_back_to_original(state: dict, configs: Sequence[Configuration], chosen:
             # The kernel-level reason is kept aside once, so a resumed run (which falls back again,
             # from a newer measurement) does not nest the reasons.
             kernel_reason = decision.setdefault("kernel_reason", decision["reason"])
-            decision.update(choice=None, rule="original", reason=f"{why} (the site's kernel alone: {kernel_reason})")
+            decision.update(choice=None, rule="original", reason=f"{why} (the site alone: {kernel_reason})")
     state["fallback"] = {"rejected": chosen.key, "adapted": adapted, "baseline": baseline}
     original = next(c for c in configs if not any(c.choices.values()))
     return original, baseline

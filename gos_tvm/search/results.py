@@ -29,7 +29,9 @@ class SearchOptions:
     trials_per_task: int | None = None
     trials: int | None = None
     time_budget: float | None = None  # wall-clock seconds bound on each whole-model tuning session
-    kernel_trials: int = 16          # MetaSchedule trials for each site / candidate kernel
+    # Trials for each new task a candidate brings into the model (its fused kernel), None: the
+    # model's per-task budget, so a candidate is tuned as much as the original task it replaces.
+    kernel_trials: int | None = None
     max_sites: int | None = None     # replace at most this many sites (None: all)
     tries_per_site: int = 6          # candidates fitted and accuracy-checked per site (bisection steps)
     measure_per_site: int = 2        # accurate candidates tuned and measured per site
@@ -54,7 +56,7 @@ class SearchOptions:
     distill_task: str = "auto"       # 'classification' (KL), 'regression' (MSE), 'auto': by output width
 
     def __post_init__(self) -> None:
-        for name in ("trials_per_task", "trials"):
+        for name in ("trials_per_task", "trials", "kernel_trials"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

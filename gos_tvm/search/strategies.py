@@ -1,7 +1,7 @@
 """Search strategies: how the GOS loop chooses a replacement per site.
 
 A strategy gets the running `GOSearch` (its sites, the measured site latencies, `score`,
-`fit_candidate`, `kernel_latencies`, the latency model, the persistent `state`) and the per-site
+`fit_candidate`, `candidate_latencies`, the latency model, the persistent `state`) and the per-site
 choices so far, and returns its choices.  `GOSearch` runs its strategies in order, each starting
 from the previous one's choices; every configuration a strategy scores becomes a point of the
 Pareto front.  Strategies keep their progress in `search.state` (saved with `search.save()`), so a
@@ -57,10 +57,10 @@ def bisect_cheapest(n: int, accept: Callable[[int], bool], max_tries: int) -> No
 
 
 class GreedyLeastEfficientFirst(SearchStrategy):
-    """Site by site, the largest measured kernel latency first: generate the site's candidates,
+    """Site by site, the largest share of the tuned model first: generate the site's candidates,
     rank them with the latency model, bisect the ranking for the cheapest candidate whose fitted
     weights keep the score within the budget (in the *current* adapted model), tune and measure
-    the accurate ones, and keep the fastest if it beats the original kernel."""
+    the accurate ones as the model runs them, and keep the fastest if it beats the site there."""
 
     name = "greedy"
 
@@ -84,7 +84,7 @@ class GreedyLeastEfficientFirst(SearchStrategy):
     def _site(self, search: "GOSearch", site_id: str, choices: Choices) -> None:
         from ..space import candidates as space_candidates
 
-        opt, floor, site_lat = search.opt, search.floor, search.site_latency
+        opt, floor = search.opt, search.floor
         decision = search.state["decisions"][site_id]
         cands = space_candidates(search.sites[site_id].program, depth=opt.depth,
                                  max_flops_ratio=opt.max_flops_ratio, include_original=False)
@@ -130,23 +130,24 @@ class GreedyLeastEfficientFirst(SearchStrategy):
             decision["reason"] = (f"kept: none of the {len(decision['tried'])} candidates tried kept the "
                                   f"score within the budget")
             return
-        lat = search.kernel_latencies({ck: c.program for c, ck, _ in accurate})
-        best, best_key, best_variant = min(accurate, key=lambda cc: lat[cc[1]])
+        rows = search.candidate_latencies([ck for _, ck, _ in accurate])
+        best, best_key, best_variant = min(accurate, key=lambda cc: rows[cc[1]]["latency_s"])
         for t in decision["tried"]:
-            if t["candidate"] in lat:
-                t["latency_s"] = lat[t["candidate"]]
-        if lat[best_key] < site_lat[site_id]:
+            if t["candidate"] in rows:
+                t["latency_s"] = rows[t["candidate"]]["latency_s"]
+        row = rows[best_key]
+        in_model = (f"{row['removed_s'] * 1e6:.1f} -> {row['latency_s'] * 1e6:.1f} us in the model: "
+                    f"{' + '.join(row['replaced_tasks']) or 'nothing'} -> {' + '.join(row['tasks']) or 'nothing'}")
+        if row["saved_s"] > 0:
             # The accepted configuration, with distilled weights where it was distilled (the keys of
             # the sites replaced before change with it).
             choices.update(best_variant)
             decision.update(choice=best_variant[site_id], rule=best.rule,
-                            reason=f"{best.rule}: {site_lat[site_id] / lat[best_key]:.2f}x faster kernel "
-                                   f"({site_lat[site_id] * 1e6:.1f} -> {lat[best_key] * 1e6:.1f} us), "
+                            reason=f"{best.rule}: {row['removed_s'] / max(row['latency_s'], 1e-12):.2f}x faster ({in_model}), "
                                    f"score {search.score({**choices}):.4f}")
         else:
-            decision["reason"] = (f"kept: the fastest accurate candidate ({best.rule}, "
-                                  f"{lat[best_key] * 1e6:.1f} us) is not faster than the original "
-                                  f"({site_lat[site_id] * 1e6:.1f} us)")
+            decision["reason"] = (f"kept: the fastest accurate candidate ({best.rule}) is not faster than the "
+                                  f"original ({in_model})")
 
 
 class Evolution(SearchStrategy):
@@ -160,7 +161,7 @@ class Evolution(SearchStrategy):
         opt = search.opt
         options: dict[str, list[str | None]] = {s: [None] for s in search.sites}
         for ckey, info in search.state["candidates"].items():
-            if search.store.measured(f"kernel:{info['hash']}") is not None:
+            if search.candidate_measurement(ckey) is not None:
                 options[info["site"]].append(ckey)
         free = [s for s, o in options.items() if len(o) > 1]
         if not free:

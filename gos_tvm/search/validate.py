@@ -70,7 +70,7 @@ def check_options(options: Mapping[str, Any]):
             if value is not None:
                 check_float(name, value, 0.0, min_exclusive=True)
         elif name in _OPTION_MINIMUM:
-            check_int(name, value, _OPTION_MINIMUM[name], allow_none=name in ("max_sites", "trials", "trials_per_task"))
+            check_int(name, value, _OPTION_MINIMUM[name], allow_none=name in ("max_sites", "trials", "trials_per_task", "kernel_trials"))
     return SearchOptions(**options)
 
 

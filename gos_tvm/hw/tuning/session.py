@@ -393,38 +393,56 @@ def task_budgets(prepared: tvm.IRModule, target: Union[str, dict, Preset, tvm.ta
 
 def tune_module_per_task(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
                          target: Union[str, dict, Preset, tvm.target.Target], trials_per_task: int, *,
-                         database: ms.database.Database, work_dir: str,
-                         tracker: Optional[tuple[str, int]] = None, key: Optional[str] = None,
-                         runner: Optional[Any] = None, builder: Optional[Any] = None, trials_per_iter: int = 16,
-                         cost_model: Union[str, ms.cost_model.CostModel, None] = None, strategy: Any = None,
-                         seed: Optional[int] = None, max_seconds: Optional[float] = None) -> dict:
+                         database: ms.database.Database, work_dir: str, **session: Any) -> dict:
     """Tune every task of a Relax module up to `trials_per_task` measured candidates, counting the
-    records `database` already holds for it: a task already at its budget (tuned for another model
-    in the same database, or by an earlier run) is not tuned again and keeps exactly its records;
-    a resumed run with a larger budget continues from them.  One MetaSchedule session,
-    `GuardedRoundRobin` with a budget per task (never looping on an exhausted task) and an optional
-    wall-clock bound `max_seconds`.
+    records `database` already holds for it (`tune_tasks_per_task` on the module's extracted tasks).
 
     Returns {"tasks": n, "tuned": [task names tuned now], "planned": trials planned now,
+    "seconds": wall time of the session}."""
+    if trials_per_task < 1:
+        raise ValueError(f"trials_per_task must be >= 1, got {trials_per_task}")
+    tgt = resolve_target(target)
+    work_dir, database = _prepare(work_dir, database)
+    tasks = ms.relax_integration.extract_tasks(prepare_relax(mod, params, tgt), tgt)
+    return tune_tasks_per_task(tasks, target, trials_per_task, database=database, work_dir=work_dir, **session)
+
+
+def tune_tasks_per_task(tasks: Sequence[Any], target: Union[str, dict, Preset, tvm.target.Target],
+                        trials_per_task: int, *, database: ms.database.Database, work_dir: str,
+                        tracker: Optional[tuple[str, int]] = None, key: Optional[str] = None,
+                        runner: Optional[Any] = None, builder: Optional[Any] = None, trials_per_iter: int = 16,
+                        cost_model: Union[str, ms.cost_model.CostModel, None] = None, strategy: Any = None,
+                        seed: Optional[int] = None, max_seconds: Optional[float] = None) -> dict:
+    """Tune extracted tasks (`ms.relax_integration.extract_tasks`) up to `trials_per_task` measured
+    candidates each, counting the records `database` already holds: a task already at its budget
+    (tuned for another model in the same database, or by an earlier run) is not tuned again and
+    keeps exactly its records; a resumed run with a larger budget continues from them.  One
+    MetaSchedule session, `GuardedRoundRobin` with a budget per task (never looping on an exhausted
+    task) and an optional wall-clock bound `max_seconds`.
+
+    Returns {"tasks": n, "tuned": [task names tuned now], "planned": trials planned now,
+    "exhausted": [tasks stopped below their budget because their search found no new candidate],
     "seconds": wall time of the session}."""
     import time
 
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
     from tvm.s_tir.meta_schedule.tune import tune_tasks
 
+    from .database import measured_trials
+
     if trials_per_task < 1:
         raise ValueError(f"trials_per_task must be >= 1, got {trials_per_task}")
-    tgt = resolve_target(target)
     work_dir, database = _prepare(work_dir, database)
-    prepared = prepare_relax(mod, params, tgt)
-    plan = [(t, left) for t, _, left in task_budgets(prepared, tgt, database, trials_per_task) if left > 0]
-    info = {"tasks": len(ms.relax_integration.extract_tasks(prepared, tgt)),
-            "tuned": [t.task_name for t, _ in plan], "planned": sum(left for _, left in plan), "seconds": 0.0}
+    plan = [(t, int(trials_per_task) - done) for t in tasks
+            if (done := measured_trials(database, t.dispatched[0])) < trials_per_task]
+    info = {"tasks": len(tasks), "tuned": [t.task_name for t, _ in plan], "planned": sum(left for _, left in plan),
+            "exhausted": [], "seconds": 0.0}
     if not plan:
         return info
     per_iter = max(1, min(trials_per_iter, min(left for _, left in plan)))
     cost_model = cost_model if cost_model is not None else default_cost_model()
     t0 = time.perf_counter()
+    scheduler = GuardedRoundRobin(max_seconds=max_seconds, budgets=[left for _, left in plan])
     with builder_and_runner(target, tracker, key, builder=builder, runner=runner) as (builder, runner), \
             metaschedule_logging():
         contexts, weights = extracted_tasks_to_tune_contexts(
@@ -433,7 +451,8 @@ def tune_module_per_task(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
         tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=info["planned"] + per_iter * len(plan),
                    max_trials_per_task=max(left for _, left in plan), num_trials_per_iter=per_iter,
                    builder=builder, runner=runner, database=database, cost_model=cost_model,
-                   task_scheduler=GuardedRoundRobin(max_seconds=max_seconds, budgets=[left for _, left in plan]))
+                   task_scheduler=scheduler)
+    info["exhausted"] = [plan[i][0].task_name for i in scheduler.terminated_empty]
     info["seconds"] = time.perf_counter() - t0
     return info
 
@@ -461,6 +480,6 @@ def compile_tuned(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
     return compile_lowered(lowered, tgt, database)
 
 
-__all__ = ["builder_and_runner", "GuardedRoundRobin", "default_strategy", "default_cost_model", "KernelTuneResult", "tune_primfunc", "tune_primfuncs", "tune_module", "tune_module_per_task", "task_budgets", "compile_tuned", "prepare_relax",
+__all__ = ["builder_and_runner", "GuardedRoundRobin", "default_strategy", "default_cost_model", "KernelTuneResult", "tune_primfunc", "tune_primfuncs", "tune_module", "tune_module_per_task", "tune_tasks_per_task", "task_budgets", "compile_tuned", "prepare_relax",
            "open_database", "best_record", "record_latency", "database_records", "FAILED_RUN_SECS",
            "schedule_is_correct", "best_correct_record", "verified_database"]
