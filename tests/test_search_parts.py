@@ -35,10 +35,16 @@ def test_bisection_finds_the_cheapest_accepted_position(n, cheapest):
     assert len(calls) <= 1 + int(np.ceil(np.log2(n))) if n > 1 else len(calls) == 1
 
 
-def test_bisection_stops_when_the_most_capable_is_rejected_or_tries_run_out():
+def test_bisection_walks_down_from_a_rejected_top_then_stops_when_tries_run_out():
     calls = []
     bisect_cheapest(8, lambda p: calls.append(p) or False, max_tries=6)
-    assert calls == [7]
+    assert calls == [7, 6, 5]  # the most capable ones, half the tries; then the site is given up
+    calls.clear()
+    bisect_cheapest(8, lambda p: calls.append(p) or 2 <= p <= 6, max_tries=6)
+    assert calls == [7, 6, 3, 1, 2]  # accepted at 6: the cheaper part below it is bisected
+    calls.clear()
+    bisect_cheapest(2, lambda p: calls.append(p) or False, max_tries=1)
+    assert calls == [1]
     calls.clear()
     bisect_cheapest(64, lambda p: calls.append(p) or True, max_tries=3)
     assert calls == [63, 31, 15]

@@ -41,12 +41,20 @@ class SearchStrategy(ABC):
 def bisect_cheapest(n: int, accept: Callable[[int], bool], max_tries: int) -> None:
     """Bisect positions 0..n-1 of a ranking (cheapest first) for the cheapest accepted one.
 
-    Accuracy grows, roughly, with cost: the most capable (last) position is tried first; only if
-    it is accepted is the cheaper half searched, at most `max_tries` calls of `accept` in all.
-    `accept` records what it accepts; nothing is returned."""
-    lo, hi, tries = 0, n - 1, 1
-    if n <= 0 or not accept(hi):
-        return
+    Accuracy grows, roughly, with cost: the most capable (last) position is tried first, and while
+    it is rejected the next most capable ones, up to half the tries (only roughly: the digits
+    CNN's conv3 lost its only try on a subsampling candidate the latency model ranked slowest).
+    Below the first accepted position the cheaper part is bisected, at most `max_tries` calls of
+    `accept` in all.  `accept` records what it accepts; nothing is returned."""
+    hi, tries = n - 1, 0
+    while True:
+        if hi < 0 or tries >= max(1, max_tries // 2):
+            return
+        tries += 1
+        if accept(hi):
+            break
+        hi -= 1
+    lo = 0
     while lo < hi and tries < max_tries:
         mid = (lo + hi) // 2
         tries += 1
