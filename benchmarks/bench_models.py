@@ -68,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trials-per-task", type=int, default=None,
                    help="MetaSchedule trials for every task of the original and of the adapted model, in one "
                         "database (default: gos_tvm's DEFAULT_TRIALS_PER_TASK; quick 4)")
-    p.add_argument("--kernel-trials", type=int, default=None, help="MetaSchedule trials per kernel (default 16; quick 4)")
+    p.add_argument("--kernel-trials", type=int, default=None,
+                   help="MetaSchedule trials for each new task of a candidate (default: --trials-per-task; quick 4)")
     p.add_argument("--max-sites", type=int, default=None, help="replace at most this many sites (default: every site "
                                                                   "is eligible; quick 1)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 6; quick 2)")
@@ -88,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-samples", type=int, default=None,
                    help="train on the first N training images only (a quick run; accuracy is still measured on "
                         "the whole test split)")
+    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW",
+                   help="layout the convolutions are compiled, tuned and judged in (gos_tvm.graph.conv_layout; "
+                        "`gos-tvm tune` defaults to NHWC)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild models.json / .md / .png from the records in <out>/raw")
@@ -96,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     from gos_tvm.search.results import DEFAULT_TRIALS_PER_TASK
 
     args.trials_per_task = args.trials_per_task or (4 if q else DEFAULT_TRIALS_PER_TASK)
-    args.kernel_trials = args.kernel_trials or (4 if q else 16)
+    args.kernel_trials = args.kernel_trials or (4 if q else None)  # None: the per-task budget
     args.max_sites = args.max_sites if args.max_sites is not None else (1 if q else None)
     args.epochs = args.epochs or (2 if q else 6)
     args.repeats = args.repeats or (30 if q else 200)
@@ -258,7 +262,8 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     rec: dict = {"model": name, "dataset": args.dataset, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                  "command": shlex.join([sys.executable, *sys.argv]), "machine": machine_info(),
                  "config": {k: getattr(args, k) for k in ("trials_per_task", "kernel_trials", "max_sites", "epochs", "budget",
-                                                          "repeats", "seed", "quick", "dataset", "train_samples")}}
+                                                          "repeats", "seed", "quick", "dataset", "train_samples",
+                                                          "layout")}}
     t_model = time.time()
     torch.set_num_threads(2)
 
@@ -298,11 +303,12 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
         from gos_tvm.hw import emulate
 
         device = emulate.emulated_preset("rasp3b-aarch64")
-    result = gos_tvm.tune(mod, device, params=params, calib_data=split.x_train,
-                          val_data=(split.x_val, split.y_val), accuracy_budget=args.budget,
-                          trials_per_task=args.trials_per_task, kernel_trials=args.kernel_trials,
-                          max_sites=args.max_sites,
-                          work_dir=work / f"gos_{tag}", seed=args.seed)
+    with graph.conv_layout(args.layout):
+        result = gos_tvm.tune(mod, device, params=params, calib_data=split.x_train,
+                              val_data=(split.x_val, split.y_val), accuracy_budget=args.budget,
+                              trials_per_task=args.trials_per_task, kernel_trials=args.kernel_trials,
+                              max_sites=args.max_sites, seed=args.seed,
+                              work_dir=work / (f"gos_{tag}" + ("" if args.layout == "NCHW" else f"-{args.layout.lower()}")))
     tune_wall = time.time() - t0
     print(result.summary(), flush=True)
     rec["device"] = result.device.label

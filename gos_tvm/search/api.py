@@ -40,6 +40,9 @@ class TuneResult:
         work_dir, report_path, plot_path: where everything is.
         seconds, device_measurements: the search's wall time; measurements in the work directory.
         new_measurements: the measurement keys this call measured (none twice across resumes).
+        conv_layout: the layout the models were tuned in (`graph.conv_layout` when `tune` ran);
+            `compile` and `export_library` compile in it, whatever layout is current then, so
+            the tuned records apply.
     """
 
     mod: Any
@@ -65,6 +68,7 @@ class TuneResult:
     database_dirs: dict[str, Path] = field(default_factory=dict, repr=False)
     new_measurements: list[str] = field(default_factory=list, repr=False)
     fallback: dict | None = field(default=None, repr=False)  # the rejected adapted model's measurement, if any
+    conv_layout: str = "NCHW"
 
     @property
     def speedup(self) -> float:
@@ -92,10 +96,13 @@ class TuneResult:
         """The device executable of `config`, with the tuned schedules applied."""
         from ..hw import compile_tuned
 
+        from ..graph import conv_layout
+
         config = config or self.chosen
         mod, params = self.build(config)
         db = self.tuning_database()  # one database holds every model and kernel of the run
-        return compile_tuned(mod, params, self.device, db)
+        with conv_layout(self.conv_layout):  # the kernels the records were tuned for
+            return compile_tuned(mod, params, self.device, db)
 
     def export_library(self, path: str | os.PathLike, config: Configuration | None = None) -> Path:
         """Write the device's shared library (cross-compiled for board presets)."""
@@ -269,6 +276,8 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
 
 def _result(search: GOSearch, out: SearchOutcome, accuracy_budget: float, opts: SearchOptions) -> TuneResult:
     """The report, the plot and the `TuneResult` of a finished search."""
+    from ..graph.layout import current_conv_layout
+
     device, chosen = search.device, out.chosen
     report = {
         "device": {**device_info(device)},
@@ -294,6 +303,7 @@ def _result(search: GOSearch, out: SearchOutcome, accuracy_budget: float, opts: 
         "search_seconds": out.seconds,
         "options": vars(opts),
         "measured_by": type(search.measurer).__name__,  # TunedMeasurer: the device; FakeMeasurer: a formula
+        "conv_layout": current_conv_layout(),
     }
     work_dir = search.store.path
     report_path = write_report(work_dir / "report.json", report)
@@ -311,7 +321,7 @@ def _result(search: GOSearch, out: SearchOutcome, accuracy_budget: float, opts: 
         configurations=out.configurations, database=None, work_dir=work_dir, report_path=report_path,
         plot_path=plot_path, seconds=out.seconds, device_measurements=out.device_measurements,
         candidates=candidates, database_dirs=database_dirs, new_measurements=out.new_measurements,
-        fallback=out.fallback)
+        fallback=out.fallback, conv_layout=current_conv_layout())
     result.database = result.tuning_database()
     return result
 
