@@ -227,3 +227,33 @@ def test_torch_lowering_rejects_bad_weights_and_inputs():
         to_torch(program, {"nope": np.zeros(3, "float32")})
     with pytest.raises(ValueError, match=r"input 'x' must have shape \(2, 3\)"):
         to_torch(program)(torch.zeros(3, 3))
+
+
+def test_stages_cut_a_program_at_its_contractions_and_compose_to_it():
+    """`stages`: a kernel per arithmetic step, a bias add in the stage of what it reads, boundaries only
+    at feature maps (rank 4 here), and the chain computes exactly what the program computes --
+    checked on every family's candidates of a 3x3 convolution, in the TVM builds of the stages."""
+    from gos_tvm.instructions.lowering_te import INDEX_OPS
+    from gos_tvm.instructions.stages import stages
+    from gos_tvm.space import candidates
+
+    conv = library.conv2d((1, 16, 12, 12), 24, 3, padding=1)
+    assert [len(p.nodes) for p in stages(conv)] == [len(conv.nodes)]  # conv + bias: one stage
+    rng = np.random.default_rng(0)
+    split = 0
+    for cand in candidates(conv, depth=2, max_flops_ratio=0.6, include_original=False)[::9]:
+        program, parts = cand.program, stages(cand.program)
+        split += len(parts) > 1
+        assert all(any(n.op not in INDEX_OPS for n in p.nodes) for p in parts), cand.rule  # no pure data movement
+        assert sum(n.op == "contract" for p in parts for n in p.nodes) == sum(n.op == "contract" for n in program.nodes)
+        assert all(len(p.output_shape) == 4 for p in parts), cand.rule
+        assert "add" in [n.op for n in parts[-1].nodes if n.op not in INDEX_OPS] or \
+            "add" not in [n.op for n in program.nodes], cand.rule
+        x = rng.standard_normal(program.inputs["x"]).astype("float32")
+        w = {k: rng.standard_normal(s).astype("float32") for k, s in program.weights.items()}
+        env = {"x": x, **w}
+        for part in parts:
+            env[part.output] = compile_program(part)({v: env[v] for v in part.inputs},
+                                                     {v: env[v] for v in part.weights})
+        assert rel_err(env[program.output], compile_program(program)({"x": x}, w)) < 1e-5, cand.rule
+    assert split, "some candidates have several contractions"

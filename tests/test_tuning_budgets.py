@@ -237,6 +237,8 @@ def test_a_site_and_its_candidate_are_priced_by_the_models_own_tasks(device, tmp
     n_records = len(db.get_all_tuning_records())
     assert measurer.replacements(original, {"cand": variant}, trials_per_task=2) == {"cand": row}
     assert len(db.get_all_tuning_records()) == n_records
+    # every session of the run feeds one cost model, so candidates' searches learn from earlier ones
+    assert measurer._cost_model() is measurer._cost_model() and measurer._cost_model().data_size >= 2 * len(new)
 
 
 def test_guarded_round_robin_budgets_are_per_task():

@@ -1,8 +1,9 @@
 """Graph rewriting: substitute replacement programs at op sites, and expose site activations.
 
-`substitute` replaces each chosen site by one ``call_tir`` of its replacement program's
-TensorIR PrimFunc (`gos_tvm.instructions.to_te`), whose weights become new parameter
-arguments of ``main``.  Everything else is left as it was: the site's own bindings
+`substitute` replaces each chosen site by ``call_tir``s of its replacement program's
+TensorIR PrimFuncs (`gos_tvm.instructions.to_te`), one per stage of the program
+(`gos_tvm.instructions.stages`: one per arithmetic instruction), whose weights become new
+parameter arguments of ``main``.  Everything else is left as it was: the site's own bindings
 (operator, weight transpose, bias reshape and bias add) become dead and are removed,
 and so are the parameters that only they used.  The replaced site's output variable is
 kept, so every other binding, and the ids of the other sites, are unchanged.
@@ -102,6 +103,27 @@ def _add_prim_func(bb: relax.BlockBuilder, program: OpProgram) -> tvm.ir.GlobalV
     return bb.add_func(replacement_prim_func(program).without_attr("global_symbol"), name)
 
 
+def _staged_call(bb: relax.BlockBuilder, program: OpProgram, x: Any, weights: Mapping[str, Any]) -> relax.Expr:
+    """``program`` applied to ``x`` as a chain of ``call_tir``s, one per stage
+    (`instructions.stages`: each contraction its own kernel, so that MetaSchedule tunes each with
+    the per-task budget; FuseOps fuses the point-wise stages into the one before them).  A
+    program whose stage outputs are read by more than one later stage stays one kernel: a
+    nested expression would compute the shared value twice."""
+    from ..instructions.stages import stages
+
+    parts = stages(program)
+    reads = [i for st in parts for i in st.inputs]
+    if any(reads.count(st.output) > 1 for st in parts):
+        parts = [program]
+    env: dict[str, Any] = {next(iter(program.inputs)): x, **weights}
+    for st in parts:
+        gvar = _add_prim_func(bb, st)
+        args = [env[v] for v in (*st.inputs, *st.weights)]
+        env[st.output] = relax.call_tir(gvar, relax.Tuple(args),
+                                        relax.TensorType(list(program.shapes[st.output]), "float32"))
+    return env[program.output]
+
+
 def _rebuild(mod: tvm.IRModule, func: relax.Function, n_inputs: int, replace: Mapping[Any, Any],
              extra_params: Sequence[Any],
              tail: tuple[list[Any], Any] | None = None) -> relax.Function:
@@ -161,7 +183,6 @@ def substitute(mod: tvm.IRModule, params: Mapping[str, np.ndarray],
     for site_id, (program, weights) in replacements.items():
         site = analysis.site(site_id)
         values = check_replacement(site, program, weights)
-        gvar = _add_prim_func(bb, program)
         x, out_var = site.refs
         wvars = []
         for wname, value in values.items():
@@ -172,8 +193,7 @@ def substitute(mod: tvm.IRModule, params: Mapping[str, np.ndarray],
             var = relax.Var(pname, relax.TensorType(list(value.shape), "float32"))
             wvars.append(var)
             new_values[pname] = value
-        replace[out_var] = relax.call_tir(gvar, relax.Tuple([x, *wvars]),
-                                          relax.TensorType(list(site.output_shape), "float32"))
+        replace[out_var] = _staged_call(bb, program, x, dict(zip(values, wvars)))
         new_params += wvars
     out = bb.get()
     new_func = _rebuild(out, func, n, replace, new_params)

@@ -149,7 +149,9 @@ class TuningParts:
 
     builder(device) -> Builder;  runner(tracker, key) -> Runner (also called for the fresh runner
     that re-times a model's best records);  database(directory) -> the run's one Database;  cost_model() ->
-    MetaSchedule CostModel for each tuning session (None: `gos_tvm.hw.tuning.default_cost_model`).
+    MetaSchedule CostModel for each tuning session (None: one `gos_tvm.hw.tuning.default_cost_model`
+    shared by all the run's sessions, so the samples of the original's tuning guide the searches of
+    the candidates' tasks).
     """
 
     builder: Callable[[Any], Any] = _warm_builder
@@ -205,6 +207,7 @@ class TunedMeasurer(Measurer):
         self._builder = self._runner = None
         self._database: Any = None
         self._correct: dict[int, float] = {}  # workload key -> its best correct record's latency
+        self._shared_cost_model: Any = None
 
     def builder(self) -> Any:
         if self._builder is None:
@@ -229,7 +232,16 @@ class TunedMeasurer(Measurer):
         return self._database
 
     def _cost_model(self) -> Any:
-        return self.parts.cost_model() if self.parts.cost_model is not None else None
+        if self.parts.cost_model is not None:
+            return self.parts.cost_model()
+        if self._shared_cost_model is None:
+            from ..hw.tuning import default_cost_model
+
+            # One XGBoost model for all the run's sessions: it predicts only from 100 samples on,
+            # which a candidate's session of a task or two at 16 trials never reaches alone
+            # (its search would stay random); after the original's tuning it has them.
+            self._shared_cost_model = default_cost_model()
+        return self._shared_cost_model
 
     def close(self) -> None:
         for obj in (self._builder, self._runner):
