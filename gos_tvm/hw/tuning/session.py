@@ -424,37 +424,66 @@ def tune_tasks_per_task(tasks: Sequence[Any], target: Union[str, dict, Preset, t
     "exhausted": [tasks stopped below their budget because their search found no new candidate],
     "seconds": wall time of the session}."""
     import time
-
-    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
-    from tvm.s_tir.meta_schedule.tune import tune_tasks
+    import warnings
 
     from .database import measured_trials
 
     if trials_per_task < 1:
         raise ValueError(f"trials_per_task must be >= 1, got {trials_per_task}")
     work_dir, database = _prepare(work_dir, database)
-    plan = [(t, int(trials_per_task) - done) for t in tasks
-            if (done := measured_trials(database, t.dispatched[0])) < trials_per_task]
+
+    def budget_left() -> list[tuple[Any, int]]:
+        return [(t, int(trials_per_task) - done) for t in tasks
+                if (done := measured_trials(database, t.dispatched[0])) < trials_per_task]
+
+    plan = budget_left()
     info = {"tasks": len(tasks), "tuned": [t.task_name for t, _ in plan], "planned": sum(left for _, left in plan),
             "exhausted": [], "seconds": 0.0}
     if not plan:
         return info
-    per_iter = max(1, min(trials_per_iter, min(left for _, left in plan)))
     cost_model = cost_model if cost_model is not None else default_cost_model()
     t0 = time.perf_counter()
-    scheduler = GuardedRoundRobin(max_seconds=max_seconds, budgets=[left for _, left in plan])
     with builder_and_runner(target, tracker, key, builder=builder, runner=runner) as (builder, runner), \
             metaschedule_logging():
-        contexts, weights = extracted_tasks_to_tune_contexts(
-            [t for t, _ in plan], work_dir=work_dir, seed=seed,
-            strategy=_strategy_for(strategy, cost_model, info["planned"], per_iter))
-        tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=info["planned"] + per_iter * len(plan),
-                   max_trials_per_task=max(left for _, left in plan), num_trials_per_iter=per_iter,
-                   builder=builder, runner=runner, database=database, cost_model=cost_model,
-                   task_scheduler=scheduler)
-    info["exhausted"] = [plan[i][0].task_name for i in scheduler.terminated_empty]
+        try:
+            info["exhausted"] = _tune_plan(plan, database, work_dir, builder, runner, cost_model, trials_per_iter,
+                                           _strategy_for(strategy, cost_model, info["planned"],
+                                                         max(1, min(trials_per_iter, min(n for _, n in plan)))),
+                                           seed, max_seconds)
+        except RuntimeError as err:
+            if strategy is not None or "mismatched types" not in str(err):
+                raise
+            # TVM 0.27's evolutionary search sometimes dies on an int32/int64 index mismatch while
+            # mutating a fused replacement kernel's schedules (seen on vgg-style's channel-shuffle
+            # candidates once the run's cost model could predict).  What it measured is in the
+            # database; the rest of the budget is spent sampling at random, which never mutates.
+            warnings.warn(f"MetaSchedule's evolutionary search failed ({str(err).splitlines()[-1][:120]}); "
+                          "finishing these tasks with random sampling", RuntimeWarning, stacklevel=2)
+            rest = budget_left()
+            if rest:
+                info["exhausted"] = _tune_plan(rest, database, work_dir, builder, runner, cost_model,
+                                               trials_per_iter, default_strategy(evolve=False, trials_per_iter=min(
+                                                   trials_per_iter, min(left for _, left in rest))), seed, max_seconds)
     info["seconds"] = time.perf_counter() - t0
     return info
+
+
+def _tune_plan(plan: list[tuple[Any, int]], database: Any, work_dir: str, builder: Any, runner: Any, cost_model: Any,
+               trials_per_iter: int, strategy: Any, seed: Optional[int], max_seconds: Optional[float]) -> list[str]:
+    """One MetaSchedule session over `plan` ((task, trials left)); returns the tasks stopped as
+    exhausted (`GuardedRoundRobin.terminated_empty`)."""
+    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+    from tvm.s_tir.meta_schedule.tune import tune_tasks
+
+    per_iter = max(1, min(trials_per_iter, min(left for _, left in plan)))
+    planned = sum(left for _, left in plan)
+    scheduler = GuardedRoundRobin(max_seconds=max_seconds, budgets=[left for _, left in plan])
+    contexts, weights = extracted_tasks_to_tune_contexts([t for t, _ in plan], work_dir=work_dir, seed=seed,
+                                                         strategy=strategy)
+    tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=planned + per_iter * len(plan),
+               max_trials_per_task=max(left for _, left in plan), num_trials_per_iter=per_iter,
+               builder=builder, runner=runner, database=database, cost_model=cost_model, task_scheduler=scheduler)
+    return [plan[i][0].task_name for i in scheduler.terminated_empty]
 
 
 def compile_tuned(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
