@@ -86,7 +86,7 @@ class Decision:
     site: str
     kind: str
     flops: int
-    latency_s: float | None          # the original operator's tuned kernel latency on the device
+    latency_s: float | None          # the site in the tuned original: its tasks' best records (task_delta)
     share: float | None              # its share of the original model's measured latency
     choice: str | None = None        # candidate key, or None: kept
     rule: str = "original"
