@@ -93,8 +93,8 @@ def markdown(res: dict, command: str, machine: dict) -> str:
         "",
         f"Data: {res['data']['train']} / {res['data']['val']} / {res['data']['test']} windows (train / val / test, "
         f"subject-wise split, config {res['data']['config']}); budget {res['budget']} BPM of validation MAE; "
-        f"MetaSchedule {res['config']['trials']} trials per whole model, {res['config']['kernel_trials']} per "
-        f"kernel; tuning took {res.get('tune_seconds', float('nan')):.0f} s.",
+        f"MetaSchedule {res['config']['trials']} trials per whole model, {res['config']['kernel_trials']} for each "
+        f"new task of a candidate; tuning took {res.get('tune_seconds', float('nan')):.0f} s.",
         "",
         *dalia_lines(res),
         "Latency is end to end over the local RPC server (median of the tuned module's runs, as `gos_tvm.tune` "
@@ -105,9 +105,10 @@ def markdown(res: dict, command: str, machine: dict) -> str:
     if det:
         so, sa = det["site_kernels_sum_s"]
         lines += [
-            "Where the time goes (stand-alone tuned kernels of the sites vs the whole model):",
+            "Where the time goes (each site as the tuned model runs it -- the tasks replacing it removes, "
+            "priced by their tuned records -- and its chosen replacement's new tasks; vs the whole model):",
             "",
-            "| site | kind | kernel orig (us) | kernel adapted (us) |",
+            "| site | kind | in the model orig (us) | in the model adapted (us) |",
             "|---|---|---|---|",
         ]
         for k in det["kernels"]:
@@ -115,7 +116,7 @@ def markdown(res: dict, command: str, machine: dict) -> str:
             lines.append(f"| {k['site']} | {k['kind']} | {ko * 1e6 if ko else float('nan'):.1f} | "
                          f"{ka * 1e6 if ka else float('nan'):.1f} |")
         lines += [
-            f"| sum of site kernels | | {so * 1e6:.1f} | {sa * 1e6:.1f} |",
+            f"| sum over the sites | | {so * 1e6:.1f} | {sa * 1e6:.1f} |",
             f"| end to end | | {o * 1e6:.1f} | {a * 1e6:.1f} |",
             "",
             f"Tuning tasks of the whole model: {det['tasks'][0]} (original) / {det['tasks'][1]} (adapted); tuning "
