@@ -160,12 +160,9 @@ class GOSearch:
         """Each candidate as the model runs it at its site (`Measurer.replacements`): `latency_s`,
         what its new tasks cost once tuned with `candidate_trials` each; `removed_s`, what the
         original's tasks it replaces cost; `saved_s`, the difference.  Measured once, ever."""
-        out, todo = {}, {}
+        todo: dict[str, str] = {}
         for ckey in ckeys:
-            row = self.candidate_measurement(ckey)
-            if row is not None:
-                out[ckey] = row
-            else:
+            if self.candidate_measurement(ckey) is None:
                 todo.setdefault(self._candidate_log_key(ckey), ckey)  # identical blocks: measured once
         if todo:
             variants = {ckey: self.adapted({self.candidate(ckey).site: ckey}) for ckey in todo.values()}
