@@ -381,14 +381,22 @@ def task_budgets(prepared: tvm.IRModule, target: Union[str, dict, Preset, tvm.ta
     """(extracted task, trials already in `database`, trials still to spend) for every tuning task
     of a prepared module, each task budgeted `trials_per_task` in all (`measured_trials` counts
     what the database holds: a workload another model or an earlier run tuned is not tuned again)."""
+    return _budgets(ms.relax_integration.extract_tasks(prepared, resolve_target(target)), database, trials_per_task)
+
+
+def _budgets(tasks: Sequence[Any], database: ms.database.Database, trials_per_task: int) -> list[tuple[Any, int, int]]:
     from .database import measured_trials
 
-    tgt = resolve_target(target)
     out = []
-    for task in ms.relax_integration.extract_tasks(prepared, tgt):
+    for task in tasks:
         done = measured_trials(database, task.dispatched[0])
         out.append((task, done, max(int(trials_per_task) - done, 0)))
     return out
+
+
+def _per_iter(plan: Sequence[tuple[Any, int]], trials_per_iter: int) -> int:
+    """Candidates per batch: at most `trials_per_iter`, and no more than the smallest budget left."""
+    return max(1, min(trials_per_iter, min(left for _, left in plan)))
 
 
 def tune_module_per_task(mod: tvm.IRModule, params: Optional[Mapping[str, Any]],
@@ -426,15 +434,12 @@ def tune_tasks_per_task(tasks: Sequence[Any], target: Union[str, dict, Preset, t
     import time
     import warnings
 
-    from .database import measured_trials
-
     if trials_per_task < 1:
         raise ValueError(f"trials_per_task must be >= 1, got {trials_per_task}")
     work_dir, database = _prepare(work_dir, database)
 
     def budget_left() -> list[tuple[Any, int]]:
-        return [(t, int(trials_per_task) - done) for t in tasks
-                if (done := measured_trials(database, t.dispatched[0])) < trials_per_task]
+        return [(t, left) for t, _, left in _budgets(tasks, database, trials_per_task) if left > 0]
 
     plan = budget_left()
     info = {"tasks": len(tasks), "tuned": [t.task_name for t, _ in plan], "planned": sum(left for _, left in plan),
@@ -448,7 +453,7 @@ def tune_tasks_per_task(tasks: Sequence[Any], target: Union[str, dict, Preset, t
         try:
             info["exhausted"] = _tune_plan(plan, database, work_dir, builder, runner, cost_model, trials_per_iter,
                                            _strategy_for(strategy, cost_model, info["planned"],
-                                                         max(1, min(trials_per_iter, min(n for _, n in plan)))),
+                                                         _per_iter(plan, trials_per_iter)),
                                            seed, max_seconds)
         except RuntimeError as err:
             if strategy is not None or "mismatched types" not in str(err):
@@ -462,8 +467,9 @@ def tune_tasks_per_task(tasks: Sequence[Any], target: Union[str, dict, Preset, t
             rest = budget_left()
             if rest:
                 info["exhausted"] = _tune_plan(rest, database, work_dir, builder, runner, cost_model,
-                                               trials_per_iter, default_strategy(evolve=False, trials_per_iter=min(
-                                                   trials_per_iter, min(left for _, left in rest))), seed, max_seconds)
+                                               trials_per_iter,
+                                               default_strategy(evolve=False, trials_per_iter=_per_iter(rest, trials_per_iter)),
+                                               seed, max_seconds)
     info["seconds"] = time.perf_counter() - t0
     return info
 
@@ -475,7 +481,7 @@ def _tune_plan(plan: list[tuple[Any, int]], database: Any, work_dir: str, builde
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
     from tvm.s_tir.meta_schedule.tune import tune_tasks
 
-    per_iter = max(1, min(trials_per_iter, min(left for _, left in plan)))
+    per_iter = _per_iter(plan, trials_per_iter)
     planned = sum(left for _, left in plan)
     scheduler = GuardedRoundRobin(max_seconds=max_seconds, budgets=[left for _, left in plan])
     contexts, weights = extracted_tasks_to_tune_contexts([t for t, _ in plan], work_dir=work_dir, seed=seed,
