@@ -10,9 +10,18 @@ Public entry points are imported lazily (TVM and torch take seconds to import):
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
+from .threads import configure_runtime_threads
+
 __version__ = "0.1.0"
+
+# Before any TVM thread pool exists in this process or the ones it starts: see `gos_tvm.threads`.
+try:
+    configure_runtime_threads()
+except ValueError as err:
+    warnings.warn(str(err), stacklevel=2)
 
 _LAZY = {
     "from_torch": "gos_tvm.graph",

@@ -224,3 +224,17 @@ def test_tune_relax_module_and_apply_the_database(pool, builder, tmp_path):
     np.testing.assert_allclose(tuned.outputs[0], net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
     kernels = sum(best.values())
     assert 0.3 * kernels < tuned.median < 3 * kernels + 50e-6, (tuned.median, kernels)
+
+
+def test_servers_run_kernels_on_this_process_thread_count_shared_between_them(pool):
+    from gos_tvm.threads import configure_runtime_threads
+
+    threads = configure_runtime_threads()  # what this process runs kernels with (TVM alone: half the cores on x86)
+
+    def server_threads(p) -> list[int]:
+        sessions = [request_session(*p.tracker, p.key, queue_timeout=60) for _ in range(p.n_servers)]
+        return [s.get_function("runtime.NumThreads")() for s in sessions]  # one session per server, held at once
+
+    with LocalDevicePool("gos-test-alone", n_servers=1, startup_timeout=120) as alone:
+        assert server_threads(alone) == [threads]
+    assert server_threads(pool) == [max(1, threads // 2)] * 2

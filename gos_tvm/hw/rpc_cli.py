@@ -24,6 +24,7 @@ import signal
 import sys
 
 from ..errors import UserError
+from ..threads import configure_runtime_threads
 
 
 def _port_end(port: int, port_end: int | None) -> int:
@@ -138,6 +139,11 @@ def run_server(args: argparse.Namespace) -> int:
 
     _check_ports(args)
     wait = _positive("--tracker-timeout", args.tracker_timeout)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        # Before the first session forks: each session's kernels run on the pool sized by this.
+        configure_runtime_threads(args.threads, override=True)
     logging.basicConfig(level=logging.WARNING if args.silent else logging.INFO)
     tracker_addr = None
     if args.tracker:
@@ -269,6 +275,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--no-fork", action="store_true", help="spawn instead of fork for sessions")
     s.add_argument("--tracker-timeout", type=float, default=10.0,
                    help="seconds to wait for the tracker before giving up at start-up (default 10)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="threads TVM runs each kernel with (default: TVM_NUM_THREADS if set, else this "
+                        "device's physical cores; TVM's own default on x86 is half of them)")
     s.add_argument("--silent", action="store_true")
     s.set_defaults(func=run_server)
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
+from ..threads import configure_runtime_threads
+
 if TYPE_CHECKING:  # pragma: no cover
     from tvm.rpc import RPCSession
 
@@ -356,14 +358,16 @@ def start_tracker(host: str = "127.0.0.1", port: int | None = None, *, log_dir: 
 
 
 def start_server(tracker: tuple[str, int], key: str, *, host: str = "127.0.0.1", log_dir: str | Path | None = None,
-                 name: str | None = None) -> ManagedProcess:
-    """Start `gos-tvm rpc server` as a separate process, registering under `key` at `tracker`.
+                 name: str | None = None, threads: int | None = None) -> ManagedProcess:
+    """Start `gos-tvm rpc server` as a separate process, registering under `key` at `tracker`, running
+    kernels on `threads` threads (default: as `gos_tvm.threads` configured this process).
     Does not wait for the registration (see `require_servers`)."""
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="gos_tvm_rpc_"))
     p = free_port(host, span=16)
     mp = spawn(name or f"server-{key}-{p}",
                 _cli_command("server", "--tracker", f"{tracker[0]}:{tracker[1]}", "--key", key, "--host", host,
-                             "--port", str(p), "--port-end", str(p + 16), "--silent", "--tracker-timeout", "30"),
+                             "--port", str(p), "--port-end", str(p + 16), "--silent", "--tracker-timeout", "30",
+                             *(["--threads", str(threads)] if threads else [])),
                 log_dir)
     mp.port = p
     return mp
@@ -388,6 +392,9 @@ class LocalDevicePool:
         if n_servers < 0:
             raise ValueError("n_servers must be >= 0")
         self.key, self.n_servers, self.host = key, n_servers, host
+        # Servers on one host measure side by side: each gets its share of the cores, so that
+        # parallel measurements do not take threads from each other.
+        self.server_threads = max(1, configure_runtime_threads() // max(1, n_servers))
         self.startup_timeout = startup_timeout
         self._own_log_dir = log_dir is None
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="gos_tvm_rpc_"))
@@ -416,7 +423,8 @@ class LocalDevicePool:
         try:
             for attempt in range(4):
                 self.tracker_proc = _spawn_tracker(self.host, free_port(self.host), self.log_dir)
-                self.servers = [start_server(self.tracker, self.key, host=self.host, log_dir=self.log_dir)
+                self.servers = [start_server(self.tracker, self.key, host=self.host, log_dir=self.log_dir,
+                                             threads=self.server_threads)
                                 for _ in range(self.n_servers)]
                 if _wait_tracker(self.tracker_proc, self.host, self.startup_timeout):
                     break
