@@ -5,10 +5,11 @@ TVM's runtime takes its thread count from ``TVM_NUM_THREADS``, else ``OMP_NUM_TH
 *every* parallel loop it launches.  With neither variable set, both halves of that hurt (measured on
 a 2-core x86 VM, a 14x14x32 element-wise kernel; `benchmarks/results/runtime_threads.json`):
 
-* the pool has one thread: a 2-vCPU host counts as one hyper-threaded core, so every tuned kernel
-  ran on half the machine while onnxruntime and PyTorch used all of it;
 * every parallel launch re-reads ``/sys/devices/system/cpu/online`` (glibc's ``get_nprocs``): three
-  system calls, 6.5 us per kernel call, more than most of a small model's kernels compute.
+  system calls, 6.6 us per kernel call against 0.5-0.9 us with the variable set, more than most of
+  a small model's kernels compute (a digits CNN: 172 us per inference against 67 us);
+* the pool has one thread: a 2-vCPU host counts as one hyper-threaded core, so every tuned kernel
+  ran on half the machine while onnxruntime and PyTorch used all of it.
 
 So gos_tvm sets ``TVM_NUM_THREADS`` on import when the user has set neither variable, before any
 TVM thread pool exists; processes we start (RPC servers, MetaSchedule's builder and runner workers)

@@ -105,7 +105,8 @@ class Measurer(ABC):
     def paired(self, models: Mapping[str, tuple[Any, Mapping[str, np.ndarray]]], example: np.ndarray, *,
                rounds: int) -> dict[str, dict]:
         """Time models that `model` already tuned alternately, `rounds` times round-robin, and return
-        each one's `LatencyStats.to_json()` fields over all its timings plus `rounds` and `spread`.
+        each one's `LatencyStats.to_json()` fields over all its timings plus `rounds`, `spread` and
+        `stable` (whether the spread is at most `max_spread`).
         Two models are compared this way, not from timings taken minutes apart."""
 
     def database(self) -> Any:
@@ -340,7 +341,8 @@ class TunedMeasurer(Measurer):
                 shutil.rmtree(Path(library).parent, ignore_errors=True)
         return {name: {**LatencyStats.from_raw(r, number=5, device=self.device.name,
                                                emulated=bool(self.device.emulated)).to_json(),
-                       "rounds": rounds, "spread": relative_spread(r)} for name, r in raw.items()}
+                       "rounds": rounds, "spread": relative_spread(r),
+                       "stable": relative_spread(r) <= self.opt.max_spread} for name, r in raw.items()}
 
 
 # ---------------------------------------------------------------------------------------- fake device
@@ -408,7 +410,7 @@ class FakeMeasurer(Measurer):
             lat, _ = self._formula(name, mod, params)
             out[name] = {"median_s": lat, "mean_s": lat, "std_s": 0.0, "min_s": lat, "max_s": lat,
                          "raw_s": [lat] * self.repeat * rounds, "number": 1, "device": "fake", "emulated": False,
-                         "rounds": rounds, "spread": 0.0}
+                         "rounds": rounds, "spread": 0.0, "stable": True}
         return out
 
 
