@@ -107,14 +107,16 @@ def test_adapted_model_tunes_only_its_new_tasks_and_a_larger_budget_continues(de
     info = tune_module_per_task(*original, "local", 3, work_dir=str(tmp_path / "logs" / "original"), **kw)
     assert _tuned(info, original) == set(first)
     again = _records_per_workload(db, original)
-    # A small task's random search can come back twice without a new candidate: the scheduler
-    # stops it (and says so) rather than looping.
+    # A small task's random search can come back twice without a new candidate, or keep drawing
+    # schedules already measured: the scheduler stops it (and says so) rather than looping.
     stopped = {h for h in first if names[h] in info["exhausted"]} | exhausted
     assert all(again[h] == 3 for h in first if h not in stopped), (again, info["exhausted"])
     assert all(again[h] >= first[h] for h in first)
     now = _traces(db, original)
     assert all(traces[h] <= now[h] for h in first)  # continued from the records, nothing dropped
-    assert _raw_records(db, original, exhausted) == n_records + sum(again[h] - first[h] for h in first
+    # Each new distinct schedule is one more record; MetaSchedule may also have measured a repeat
+    # of a schedule already there (the scheduler then tops the task up), never fewer.
+    assert _raw_records(db, original, exhausted) >= n_records + sum(again[h] - first[h] for h in first
                                                                     if h not in exhausted)
     # The same budget again tunes no computing task and adds no record to one.
     n_records = _raw_records(db, original, stopped)

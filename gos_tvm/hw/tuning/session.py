@@ -448,13 +448,16 @@ def tune_tasks_per_task(tasks: Sequence[Any], target: Union[str, dict, Preset, t
         return info
     cost_model = cost_model if cost_model is not None else default_cost_model()
     t0 = time.perf_counter()
-    with builder_and_runner(target, tracker, key, builder=builder, runner=runner) as (builder, runner), \
-            metaschedule_logging():
+
+    def session(plan: list[tuple[Any, int]], attempt: int = 0) -> set[str]:
+        """One MetaSchedule session over `plan`; the names of the tasks it found exhausted.  A top-up
+        (`attempt` > 0) samples with another seed: the same one can draw the same repeat again."""
+        seed_now = None if seed is None else seed + attempt
         try:
-            info["exhausted"] = _tune_plan(plan, database, work_dir, builder, runner, cost_model, trials_per_iter,
-                                           _strategy_for(strategy, cost_model, info["planned"],
-                                                         _per_iter(plan, trials_per_iter)),
-                                           seed, max_seconds)
+            return set(_tune_plan(plan, database, work_dir, builder, runner, cost_model, trials_per_iter,
+                                  _strategy_for(strategy, cost_model, sum(left for _, left in plan),
+                                                _per_iter(plan, trials_per_iter)),
+                                  seed_now, max_seconds))
         except RuntimeError as err:
             if strategy is not None or "mismatched types" not in str(err):
                 raise
@@ -463,15 +466,36 @@ def tune_tasks_per_task(tasks: Sequence[Any], target: Union[str, dict, Preset, t
             # candidates once the run's cost model could predict).  What it measured is in the
             # database; the rest of the budget is spent sampling at random, which never mutates.
             warnings.warn(f"MetaSchedule's evolutionary search failed ({str(err).splitlines()[-1][:120]}); "
-                          "finishing these tasks with random sampling", RuntimeWarning, stacklevel=2)
-            rest = budget_left()
-            if rest:
-                info["exhausted"] = _tune_plan(rest, database, work_dir, builder, runner, cost_model,
-                                               trials_per_iter,
-                                               default_strategy(evolve=False, trials_per_iter=_per_iter(rest, trials_per_iter)),
-                                               seed, max_seconds)
+                          "finishing these tasks with random sampling", RuntimeWarning, stacklevel=3)
+            names = {t.task_name for t, _ in plan}
+            rest = [(t, left) for t, left in budget_left() if t.task_name in names]
+            if not rest:
+                return set()
+            return set(_tune_plan(rest, database, work_dir, builder, runner, cost_model, trials_per_iter,
+                                  default_strategy(evolve=False, trials_per_iter=_per_iter(rest, trials_per_iter)),
+                                  seed_now, max_seconds))
+
+    with builder_and_runner(target, tracker, key, builder=builder, runner=runner) as (builder, runner), \
+            metaschedule_logging():
+        exhausted = session(plan)
+        # MetaSchedule's scheduler counts every measured candidate against a task's budget, the
+        # budget counts distinct schedules (`measured_trials`): a candidate that repeats a schedule
+        # already in the database (seen on a tiny convolution's small design space) left a task one
+        # short.  Top such tasks up, a bounded number of times; a wall-clock bound stops where it is.
+        for attempt in range(1, 1 + (0 if max_seconds else _TOP_UPS)):
+            short = [(t, left) for t, left in budget_left() if t.task_name not in exhausted]
+            if not short:
+                break
+            exhausted |= session(short, attempt)
+        if not max_seconds:
+            exhausted |= {t.task_name for t, _ in budget_left()}  # still short: say so
+    info["exhausted"] = [t.task_name for t, _ in plan if t.task_name in exhausted]
     info["seconds"] = time.perf_counter() - t0
     return info
+
+
+#: Extra sessions `tune_tasks_per_task` runs for tasks that a repeated schedule left below budget.
+_TOP_UPS = 2
 
 
 def _tune_plan(plan: list[tuple[Any, int]], database: Any, work_dir: str, builder: Any, runner: Any, cost_model: Any,
