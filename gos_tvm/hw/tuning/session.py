@@ -452,12 +452,13 @@ def tune_tasks_per_task(tasks: Sequence[Any], target: Union[str, dict, Preset, t
     def session(plan: list[tuple[Any, int]], attempt: int = 0) -> set[str]:
         """One MetaSchedule session over `plan`; the names of the tasks it found exhausted.  A top-up
         (`attempt` > 0) samples with another seed: the same one can draw the same repeat again."""
-        seed_now = None if seed is None else seed + attempt
+        def run(tasks: list[tuple[Any, int]], search: Any) -> set[str]:
+            return set(_tune_plan(tasks, database, work_dir, builder, runner, cost_model, trials_per_iter, search,
+                                  None if seed is None else seed + attempt, max_seconds))
+
         try:
-            return set(_tune_plan(plan, database, work_dir, builder, runner, cost_model, trials_per_iter,
-                                  _strategy_for(strategy, cost_model, sum(left for _, left in plan),
-                                                _per_iter(plan, trials_per_iter)),
-                                  seed_now, max_seconds))
+            return run(plan, _strategy_for(strategy, cost_model, sum(left for _, left in plan),
+                                           _per_iter(plan, trials_per_iter)))
         except RuntimeError as err:
             if strategy is not None or "mismatched types" not in str(err):
                 raise
@@ -469,11 +470,8 @@ def tune_tasks_per_task(tasks: Sequence[Any], target: Union[str, dict, Preset, t
                           "finishing these tasks with random sampling", RuntimeWarning, stacklevel=3)
             names = {t.task_name for t, _ in plan}
             rest = [(t, left) for t, left in budget_left() if t.task_name in names]
-            if not rest:
-                return set()
-            return set(_tune_plan(rest, database, work_dir, builder, runner, cost_model, trials_per_iter,
-                                  default_strategy(evolve=False, trials_per_iter=_per_iter(rest, trials_per_iter)),
-                                  seed_now, max_seconds))
+            return run(rest, default_strategy(evolve=False, trials_per_iter=_per_iter(rest, trials_per_iter))) \
+                if rest else set()
 
     with builder_and_runner(target, tracker, key, builder=builder, runner=runner) as (builder, runner), \
             metaschedule_logging():
