@@ -92,6 +92,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW",
                    help="layout the convolutions are compiled, tuned and judged in (gos_tvm.graph.conv_layout; "
                         "`gos-tvm tune` defaults to NHWC)")
+    p.add_argument("--warm-start-database", action="append", default=[], metavar="MODEL=DIR",
+                   help="start MODEL's search database from an earlier run's MetaSchedule database (e.g. a "
+                        "bench_tuning_convergence.py db_NHWC: the original is then tuned only where it has fewer "
+                        "than --trials-per-task records); repeat per model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild models.json / .md / .png from the records in <out>/raw")
@@ -252,6 +256,17 @@ def bench_torch_compile(model, x1: torch.Tensor, ref: torch.Tensor, repeats: int
         return na(f"{type(err).__name__}: {msg[0][:300] if msg else ''}")
 
 
+def warm_start_databases(args: argparse.Namespace) -> dict[str, str]:
+    """--warm-start-database MODEL=DIR pairs as {model: dir}."""
+    out = {}
+    for pair in args.warm_start_database:
+        model, sep, folder = pair.partition("=")
+        if not sep or not folder:
+            raise SystemExit(f"--warm-start-database {pair!r}: write MODEL=DIR, e.g. vgg-style=/work/conv/db_NHWC")
+        out[model] = folder
+    return out
+
+
 def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     import onnxruntime as ort
 
@@ -263,7 +278,8 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
                  "command": shlex.join([sys.executable, *sys.argv]), "machine": machine_info(),
                  "config": {k: getattr(args, k) for k in ("trials_per_task", "kernel_trials", "max_sites", "epochs", "budget",
                                                           "repeats", "seed", "quick", "dataset", "train_samples",
-                                                          "layout")}}
+                                                          "layout")},
+                 "warm_start_database": warm_start_databases(args).get(name)}
     t_model = time.time()
     torch.set_num_threads(2)
 
@@ -308,6 +324,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
                               val_data=(split.x_val, split.y_val), accuracy_budget=args.budget,
                               trials_per_task=args.trials_per_task, kernel_trials=args.kernel_trials,
                               max_sites=args.max_sites, seed=args.seed,
+                              warm_start_database=warm_start_databases(args).get(name),
                               work_dir=work / (f"gos_{tag}" + ("" if args.layout == "NCHW" else f"-{args.layout.lower()}")))
     tune_wall = time.time() - t0
     print(result.summary(), flush=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import math
 import shutil
+import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -168,6 +169,15 @@ def relative_spread(raw: Sequence[float]) -> float:
     return float((q75 - q25) / q50) if q50 > 0 else math.inf
 
 
+# Seconds the driver waits between running TVM kernels itself (`compile_tuned` checks every tuned
+# record on random inputs) and timing the device.  Measured with the README main command's
+# adapted.so on a one-server local pool: 77-83 us when timed after a 1 s pause, 190-224 us when
+# timed right after the driver ran 2,000 parallel kernels, 83 us with those kernels and then this
+# pause.  A Python busy loop (here or in a child process) or PyTorch's two threads here did not slow
+# it; a 0.3 s pause recovered half.  Only TVM's thread pool in the driver does, for under a second.
+SETTLE_S = 1.0
+
+
 def measure_until_stable(time_once: Callable[[int], Any], *, max_spread: float, max_rounds: int) -> tuple[Any, dict]:
     """Call `time_once(round)` (a `LatencyStats` of one round of timings) until the spread of all
     timings so far (`relative_spread`) is at most `max_spread`, or `max_rounds` rounds were timed.
@@ -306,6 +316,7 @@ class TunedMeasurer(Measurer):
                 if hasattr(fresh, "close"):
                     fresh.close()
         executable = compile_tuned(mod, params, self.device, db)
+        time.sleep(SETTLE_S)
 
         def time_once(rnd: int) -> Any:
             return measure_module(executable, self.device, self.tracker, self.key, [example], repeat=self.opt.repeat,
@@ -330,6 +341,7 @@ class TunedMeasurer(Measurer):
         libraries = {name: export_module(compile_tuned(mod, params, self.device, db), self.device)
                      for name, (mod, params) in models.items()}
         raw: dict[str, list[float]] = {name: [] for name in models}
+        time.sleep(SETTLE_S)
         try:
             for _ in range(rounds):
                 for name, library in libraries.items():
@@ -415,4 +427,4 @@ class FakeMeasurer(Measurer):
 
 
 __all__ = ["Measurer", "TuningParts", "TunedMeasurer", "FakeMeasurer", "formula_latency", "measure_until_stable",
-           "relative_spread"]
+           "relative_spread", "SETTLE_S"]
