@@ -102,6 +102,18 @@ def markdown(res: dict, command: str, machine: dict) -> str:
         "head's affine are not counted).",
         "",
     ]
+    alt = res.get("alternatives")
+    if alt:
+        lines += [
+            "What a user would run instead, timed in the same run (" + alt["how"] + "):",
+            "",
+            "| runtime | median (ms) | min (ms) | onnxruntime / this |",
+            "|---|---|---|---|",
+        ]
+        ort_s = alt["runtimes"]["onnxruntime (original)"]["median_s"]
+        lines += [f"| {name} | {_ms(r['median_s'])} | {_ms(r['min_s'])} | {ort_s / r['median_s']:.2f}x |"
+                  for name, r in alt["runtimes"].items()]
+        lines.append("")
     if det:
         so, sa = det["site_kernels_sum_s"]
         lines += [

@@ -158,6 +158,35 @@ def test_exported_library_agrees_with_adapted_module(resumed, tmp_path):
     assert (got.argmax(1) == split.y_val[:3]).mean() >= 2 / 3
 
 
+def test_tuned_models_are_timed_beside_onnxruntime_and_pytorch(resumed):
+    """The comparison a user makes: onnxruntime and PyTorch on the original, beside the tuned TVM
+    models, all computing the original's outputs, timed in turns, written to alternatives.json."""
+    result, _, split = resumed
+    model, _ = models.trained_model("digits-cnn", result.work_dir / "models")  # the search's own model
+    out = result.compare_with_alternatives(split.x_val[:1], torch_model=model, rounds=2, calls_per_round=5)
+    names = {"TVM original (tuned)", "onnxruntime (original)", "PyTorch eager (original)", "TVM adapted (tuned)"}
+    assert set(out["runtimes"]) == names
+    assert set(out["max_abs_diff_from_tvm_original"]) == names - {"TVM original (tuned)", "TVM adapted (tuned)"}
+    assert max(out["max_abs_diff_from_tvm_original"].values()) < 1e-3
+    for stats in out["runtimes"].values():
+        assert stats["calls"] == 10 and len(stats["round_medians_s"]) == 2 and 0 < stats["min_s"] <= stats["median_s"]
+    runtimes = out["runtimes"]
+    assert out["adapted_over_onnxruntime"] == pytest.approx(
+        runtimes["onnxruntime (original)"]["median_s"] / runtimes["TVM adapted (tuned)"]["median_s"])
+    saved = json.loads((result.work_dir / "alternatives.json").read_text())
+    assert set(saved["runtimes"]) == names and saved["adapted_over_onnxruntime"] == out["adapted_over_onnxruntime"]
+    assert "onnxruntime (original)" in out["table"] and (result.work_dir / "original.onnx").stat().st_size > 1000
+
+
+def test_runtimes_computing_another_function_are_refused():
+    from gos_tvm.hw import alternatives
+
+    x = np.ones((1, 4), "float32")
+    with pytest.raises(ValueError, match="'other' computes another function than 'ref'"):
+        alternatives.outputs_agree({"ref": lambda: [x], "other": lambda: [x + 1]})
+    assert alternatives.outputs_agree({"ref": lambda: [x], "same": lambda: (x + 1e-6,)})["same"] < 1e-5
+
+
 def test_work_dir_of_another_model_is_refused_untouched(resumed):
     result, _, split = resumed
     other = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 10))

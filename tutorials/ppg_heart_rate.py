@@ -253,6 +253,9 @@ def main(argv=None) -> dict:
                           accuracy_budget=args.budget, trials=trials, kernel_trials=kernel_trials,
                           max_sites=args.max_sites, work_dir=work / "gos", seed=args.seed)
     print(result.summary())
+    # What a user would run instead: onnxruntime and PyTorch on the original TCN, beside the tuned TVM models
+    alternatives = result.compare_with_alternatives(data.test.x[:1], torch_model=model)
+    print(alternatives["table"])
 
     # ------------------------------------------------------------------------------------------
     # 4. The table: held-out test subjects, latency on this machine, FLOPs / params of the sites
@@ -389,6 +392,7 @@ def main(argv=None) -> dict:
                          for d in result.decisions],
            "rasp3b_so": str(rasp_so), "rasp3b_elf_machine": machine, "local_so": str(local_so),
            "heartpy": heartpy, "report": str(result.report_path), "published_reference": PUBLISHED,
+           "alternatives": {k: alternatives[k] for k in ("runtimes", "adapted_over_onnxruntime", "how")},
            "device": result.device.label}
     (work / "ppg_results.json").write_text(json.dumps(out, indent=2, default=float))
     print(f"[done] {work / 'ppg_results.json'}")

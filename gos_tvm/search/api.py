@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,50 @@ class TuneResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         executable.export_library(str(path), fcompile=self.device.export)
         return path
+
+    def compare_with_alternatives(self, example: np.ndarray, *, torch_model: Any = None,
+                                  onnx_path: str | os.PathLike | None = None, rounds: int = 5,
+                                  calls_per_round: int = 100) -> dict:
+        """Time the tuned original and adapted TVM models beside what a user would run instead --
+        onnxruntime (and PyTorch eager, given `torch_model`) on the original model -- in this
+        process, taking turns (`hw.alternatives.time_alternately`), on `example` (one batch-1 input).
+
+        The ONNX model is `onnx_path`, else `torch_model` exported into the work directory.  Every
+        runtime of the original must compute the same outputs as the tuned TVM original (the adapted
+        model computes an approximation, judged by the search's accuracy).  Writes
+        `work_dir/alternatives.json` and returns it: per runtime the timing statistics, plus
+        `table` (text) and `adapted_over_onnxruntime` (onnxruntime's median / the adapted model's).
+        Only for a device that is this machine: ValueError otherwise."""
+        from ..hw import alternatives
+        from ..threads import configure_runtime_threads
+        from .store import write_json_atomic
+
+        if not self.device.is_local or self.device.emulated:
+            raise ValueError(f"the device is {self.device.name} ({self.device.label}): onnxruntime and PyTorch run on "
+                             "this host, so they are compared only when the device is this machine (--target local)")
+        if torch_model is None and onnx_path is None:
+            raise ValueError("give the original model as torch_model or onnx_path")
+        example = np.ascontiguousarray(example, dtype="float32")
+        threads = configure_runtime_threads()  # TVM's, and the same count for the others
+        if onnx_path is None:
+            onnx_path = alternatives.export_onnx(torch_model, example, self.work_dir / "original.onnx")
+        original = self.compile(dataclasses.replace(self.chosen, choices={}))
+        calls = {"TVM original (tuned)": alternatives.tvm_call(original, example)}
+        calls["onnxruntime (original)"] = alternatives.onnxruntime_call(onnx_path, example, threads)
+        if torch_model is not None:
+            calls["PyTorch eager (original)"] = alternatives.torch_call(torch_model, example, threads)
+        same = alternatives.outputs_agree(calls)  # all of them compute the original model
+        calls["TVM adapted (tuned)"] = alternatives.tvm_call(self.compile(), example)
+        stats = alternatives.time_alternately(calls, rounds=rounds, calls_per_round=calls_per_round)
+        out = {"runtimes": stats, "threads": threads, "example_shape": list(example.shape),
+               "onnx": str(onnx_path), "max_abs_diff_from_tvm_original": same,
+               "adapted_over_onnxruntime": stats["onnxruntime (original)"]["median_s"]
+               / stats["TVM adapted (tuned)"]["median_s"],
+               "table": alternatives.table(stats, "onnxruntime (original)"),
+               "how": "each runtime called from Python in this process, batch 1, one call at a time, the runtimes "
+                      f"taking turns for {rounds} rounds of {calls_per_round} calls"}
+        write_json_atomic(self.work_dir / "alternatives.json", out)
+        return out
 
     def summary(self) -> str:
         o, a = self.original_latency, self.adapted_latency

@@ -143,4 +143,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {result.report_path}\nPareto plot: {result.plot_path}")
         if args.export:
             print(f"exported: {result.export_library(args.export)}")
+        _compare_with_alternatives(result, val[0][:1], torch_model=None if args.onnx else model, onnx_path=args.onnx)
     return 0
+
+
+def _compare_with_alternatives(result, example, *, torch_model, onnx_path) -> None:
+    """What the user would run instead, timed beside the TVM models (`TuneResult.compare_with_alternatives`)."""
+    if not result.device.is_local or result.device.emulated:
+        print(f"(onnxruntime and PyTorch run on this host, not on {result.device.name}: not compared)")
+        return
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("(onnxruntime is not installed, so the TVM models are not compared with it: pip install -e '.[onnx]')")
+        return
+    print("timing the tuned TVM models beside onnxruntime and PyTorch on the original, in this process ...")
+    out = result.compare_with_alternatives(example, torch_model=torch_model, onnx_path=onnx_path)
+    print(out["table"])
+    print(f"adapted TVM model vs onnxruntime on the original: {out['adapted_over_onnxruntime']:.2f}x "
+          f"({out['how']}; {result.work_dir / 'alternatives.json'})")
