@@ -379,3 +379,22 @@ def test_measurement_repeats_then_says_it_is_not_stable():
     # A noisy first round that settles: more rounds, then stable.
     _, stats = measure_until_stable(_rounds([1.0, 1.3, 1.0, 1.0], [1.0] * 8), max_spread=0.05, max_rounds=4)
     assert stats["rounds"] == 2 and stats["stable"]
+
+
+def test_default_budgets_tune_models_to_convergence_and_screen_candidates_cheaper(small, tmp_path):
+    """Defaults: both models of a speed-up at DEFAULT_TRIALS_PER_TASK per task; candidates screened at
+    DEFAULT_KERNEL_TRIALS, never more than the models' own per-task budget; an explicit value wins."""
+    from gos_tvm.search.results import DEFAULT_KERNEL_TRIALS, DEFAULT_TRIALS_PER_TASK
+
+    mod, params, x, y = small
+
+    def search(**opts) -> GOSearch:
+        return GOSearch(mod, params, "local", calib_data=x, evaluate=lambda p: 1.0, accuracy_budget=1.0,
+                        work_dir=tmp_path / str(len(list(tmp_path.iterdir()))), measurer=FakeMeasurer(),
+                        options=SearchOptions(**opts))
+
+    assert DEFAULT_KERNEL_TRIALS < DEFAULT_TRIALS_PER_TASK
+    default = search()
+    assert (default.trials_per_task, default.candidate_trials) == (DEFAULT_TRIALS_PER_TASK, DEFAULT_KERNEL_TRIALS)
+    assert search(trials_per_task=4).candidate_trials == 4
+    assert search(trials_per_task=32, kernel_trials=24).candidate_trials == 24

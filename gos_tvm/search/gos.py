@@ -38,7 +38,7 @@ from .distillation import SearchDistiller
 from .measurer import Measurer, TunedMeasurer, TuningParts
 from .adapt import build_adapted, fingerprint, predictor, torch_predictor
 from .pareto import Configuration, choose, fall_back_to_original, pareto_front
-from .results import Candidate, Decision, EvalFn, Predict, SearchOptions, SearchOutcome
+from .results import DEFAULT_KERNEL_TRIALS, Candidate, Decision, EvalFn, Predict, SearchOptions, SearchOutcome
 from .store import WorkDir, check_database_dir
 from .strategies import SearchStrategy, config_key, default_strategies
 from .validate import RESUMABLE_OPTIONS, run_identity
@@ -143,9 +143,9 @@ class GOSearch:
 
     @property
     def candidate_trials(self) -> int:
-        """Trials for each new task a candidate brings into the model: `kernel_trials`, or the
-        model's per-task budget (a candidate is tuned as much as the task it replaces)."""
-        return self.opt.kernel_trials or self.trials_per_task
+        """Trials for each new task a candidate brings into the model: `kernel_trials`, or
+        `DEFAULT_KERNEL_TRIALS` capped at the model's per-task budget."""
+        return self.opt.kernel_trials or min(DEFAULT_KERNEL_TRIALS, self.trials_per_task)
 
     def _candidate_log_key(self, ckey: str) -> str:
         # Distilled variants share their program, and so their measurement, with their candidate.
