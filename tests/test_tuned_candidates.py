@@ -139,3 +139,41 @@ def test_every_family_on_depthwise_and_grouped_sites_is_judged_like_torch(tmp_pa
     """The same for every registered family (tap subsets, subsampling, the grouped forms of the
     channel families) on a depthwise, a grouped and a 5x5 dense site (slow tier: 14 kernels)."""
     _check_tuned_records(_pick_every_family(), tmp_path)
+
+
+def _loop_and_axis_dtypes(func: tvm.tirx.PrimFunc) -> set[str]:
+    """The integer types of every loop variable and block iterator of `func`."""
+    sch = Schedule(tvm.IRModule({"main": func}))
+    dtypes: set[str] = set()
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        dtypes.update(str(iv.var.ty) for iv in sch.get(block).iter_vars)
+        dtypes.update(str(sch.get(loop).loop_var.ty) for loop in sch.get_loops(block))
+    return dtypes
+
+
+def test_a_candidate_lowered_for_relax_has_one_index_type_and_all_its_sampled_schedules_build():
+    """Inside Relax a candidate's buffers are int64-shaped; its loops and reduction axes must be too.
+    With int32 loops reading int64 buffers, 2 of these 16 sampled schedules failed to build in TVM
+    0.27 ("mismatched types. int32 vs. int64"), and in the NHWC vgg-style model every schedule of
+    one candidate's task did, so the candidate could not be priced."""
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    from gos_tvm.instructions import to_te_tensors
+
+    program = library.conv2d((1, 16, 16, 16), 12, 3, padding=1)
+    cand = next(c for c in candidates(program, max_flops_ratio=None)
+                if c.rule == "spatially_separable>depthwise_separable")
+    args, out = to_te_tensors(cand.program, index_dtype="int64")
+    func = te.create_prim_func(args + [out]).with_attr("global_symbol", "main")
+    assert _loop_and_axis_dtypes(func) == {"int64"}
+    assert _loop_and_axis_dtypes(to_te(cand.program)) == {"int32"}  # the stand-alone lowering: TE's default
+
+    target = preset("local").target
+    mod = tvm.IRModule({"main": func})
+    ctx = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
+                         search_strategy=ms.search_strategy.ReplayTrace(), num_threads=1, rand_state=1)
+    ctx.search_strategy.pre_tuning(max_trials=16, num_trials_per_iter=16,
+                                   design_spaces=ctx.space_generator.generate_design_space(mod))
+    for measured in ctx.search_strategy.generate_measure_candidates():
+        tvm.compile(measured.sch.mod, target=target)  # raises on the mismatch

@@ -10,7 +10,9 @@ order, the calling convention of Relax's `call_tir`.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tvm
@@ -33,6 +35,32 @@ from .program import Node, OpProgram, parse_einsum
 # reads them leaves no such consumer.  Index instructions applied directly to the program's
 # inputs or weights are still materialised (a pad of the input is the classic conv prologue
 # that MetaSchedule computes at its consumer, correctly and fast).
+
+
+# The integer type of every loop, reduction axis and buffer shape of the function being lowered.
+# One type throughout: a PrimFunc whose int64 buffers (Relax's) are read by int32 loops builds
+# untuned, but some of the schedules MetaSchedule samples for it then fail to build in TVM 0.27
+# ("mismatched types. int32 vs. int64" in the simplifier) -- on NHWC vgg-style every sampled
+# schedule of one candidate's task failed, so the candidate could not be priced.
+_INDEX_DTYPE: ContextVar[str] = ContextVar("gos_tvm_index_dtype", default="int32")
+
+
+@contextmanager
+def _index_dtype(dtype: str) -> Iterator[None]:
+    token = _INDEX_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _INDEX_DTYPE.reset(token)
+
+
+def _dim(d: int) -> int | tirx.IntImm:
+    """An extent in the index type being lowered (a Python int is TE's int32)."""
+    return tirx.IntImm("int64", int(d)) if _INDEX_DTYPE.get() == "int64" else int(d)
+
+
+def _reduce_axis(extent: int, name: str) -> tvm.tirx.IterVar:
+    return te.reduce_axis((_dim(0), _dim(extent)), name=name)
 
 
 class Value:
@@ -106,9 +134,10 @@ def _per_channel(c: tirx.PrimExpr, values: Sequence[int]) -> tirx.PrimExpr:
     """A piecewise-constant function of the channel index, as a chain of selects over runs
     (the shift rule assigns offsets in contiguous channel groups, so the chain is short)."""
     runs = _runs(values)
-    expr = tirx.const(runs[-1][2], "int32")
+    dtype = _INDEX_DTYPE.get()
+    expr = tirx.const(runs[-1][2], dtype)
     for start, end, v in reversed(runs[:-1]):
-        expr = tirx.Select(c < end, tirx.const(v, "int32"), expr)
+        expr = tirx.Select(c < end, tirx.const(v, dtype), expr)
     return expr
 
 
@@ -203,7 +232,7 @@ def _contract(a: Value, b: Value, spec: str) -> Value:
     (la, lb), out = parse_einsum(spec)
     sizes = {**dict(zip(la, a.shape)), **dict(zip(lb, b.shape))}
     reduced = [ax for ax in dict.fromkeys(la + lb) if ax not in out]
-    raxes = {ax: te.reduce_axis((0, sizes[ax]), name=f"r{ax}") for ax in reduced}
+    raxes = {ax: _reduce_axis(sizes[ax], f"r{ax}") for ax in reduced}
 
     def body(*idx):
         env = dict(zip(out, idx))
@@ -236,7 +265,7 @@ def _unary(fn: Callable[[tirx.PrimExpr], tirx.PrimExpr], name: str) -> Callable[
 def _reduce(combine: Callable, name: str) -> Callable[..., Value]:
     def op(x: Value, axes, keepdims: bool = False) -> Value:
         axes = sorted({a % len(x.shape) for a in axes})
-        raxes = {a: te.reduce_axis((0, x.shape[a]), name=f"r{a}") for a in axes}
+        raxes = {a: _reduce_axis(x.shape[a], f"r{a}") for a in axes}
         kept = [i for i in range(len(x.shape)) if i not in raxes]
         shape = [1 if i in raxes else d for i, d in enumerate(x.shape)] if keepdims else [x.shape[i] for i in kept]
 
@@ -255,7 +284,7 @@ def _reduce(combine: Callable, name: str) -> Callable[..., Value]:
 
 
 def _materialise(shape: Sequence[int], body: Callable[..., tirx.PrimExpr], name: str) -> Value:
-    return Value.of(te.compute([int(d) for d in shape], body, name=name), external=False)
+    return Value.of(te.compute([_dim(d) for d in shape], body, name=name), external=False)
 
 
 TE_OPS: dict[str, Callable[..., Value]] = {
@@ -288,10 +317,14 @@ def to_te_tensors(program: OpProgram, index_dtype: str = "int32") -> tuple[list[
     `index_dtype` is the type of the buffer shapes ('int64' inside Relax modules, whose
     legalized PrimFuncs use int64 shapes, so that FuseTIR can fuse across them).
     """
-    dim = (lambda d: tirx.IntImm("int64", int(d))) if index_dtype == "int64" else int
+    with _index_dtype(index_dtype):
+        return _to_te_tensors(program, index_dtype)
+
+
+def _to_te_tensors(program: OpProgram, index_dtype: str) -> tuple[list[te.Tensor], te.Tensor]:
     env: dict[str, Value] = {}
     for name, shape in {**program.inputs, **program.weights}.items():
-        env[name] = Value.of(te.placeholder([dim(d) for d in shape], "float32", name=name), external=True)
+        env[name] = Value.of(te.placeholder([_dim(d) for d in shape], "float32", name=name), external=True)
     args = [v.tensor for v in env.values()]
     for node in program.nodes:
         ins = [env[i] for i in node.inputs]
@@ -299,13 +332,13 @@ def to_te_tensors(program: OpProgram, index_dtype: str = "int32") -> tuple[list[
         if node.op in INDEX_OPS:
             value.external = all(v.external for v in ins)
             if value.external:  # e.g. the input's padding: a block MetaSchedule handles well
-                value = Value.of(te.compute([dim(d) for d in value.shape], value.read, name=node.op), True)
+                value = Value.of(te.compute([_dim(d) for d in value.shape], value.read, name=node.op), True)
         env[node.name] = value
     out = env[program.output]
     wrong_index_type = any(str(d.ty) != index_dtype for d in out.tensor.shape) if out.tensor is not None else True
     if out.tensor is None or out.tensor.op in [t.op for t in args] or wrong_index_type:
         read = out.read
-        out = Value.of(te.compute([dim(d) for d in out.shape], read, name="output"), False)
+        out = Value.of(te.compute([_dim(d) for d in out.shape], read, name="output"), False)
     return args, out.tensor
 
 
