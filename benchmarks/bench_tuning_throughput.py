@@ -24,7 +24,7 @@ would.  Rows:
                it predicts random scores below 100 samples either way) and default_strategy():
                evolutionary search without genetic iterations, from a random population of two
                batches, while the model can only score at random (a 64-trial session never gets
-               past that), population 256 / 3 iterations once it can.
+               past that), population 128 / 2 iterations once it can.
 
 Trials per minute = measured candidates with a valid run time / wall time of the row (builder and
 runner construction included, the start-up of the RPC tracker and servers excluded).  Each row is bounded by `--row-timeout`: a

@@ -133,9 +133,11 @@ class GuardedRoundRobin(PyTaskScheduler):
 def default_strategy(evolve: bool = True, trials_per_iter: int = 16) -> ms.search_strategy.EvolutionarySearch:
     """MetaSchedule's evolutionary search sized for small hosts.
 
-    evolve=True: population 256 and 3 genetic iterations (stock: 512 and 4).  Choosing each batch
-    costs about 2.5x less host time, which on a 2-core machine is most of a batch once builds are
-    warm; the XGBoost model still ranks every candidate.
+    evolve=True: population 128 and 2 genetic iterations (stock: 512 and 4).  On 2 cores choosing
+    a batch, not building or measuring it, bounded the rate: tuning resnet18-style to 64 trials per
+    task took 768 s at 256 / 3 (63% of it choosing) and 398 s at 128 / 2, with the same schedule
+    quality (database kernel sums 0.342 and 0.339 ms; benchmarks/bench_search_cost.py).  The
+    XGBoost model still ranks every candidate.
 
     evolve=False, for a session whose cost model cannot predict: MetaSchedule's XGBoost model
     scores candidates *at random* until it holds `num_warmup_samples` (100) measurements, so
@@ -148,7 +150,7 @@ def default_strategy(evolve: bool = True, trials_per_iter: int = 16) -> ms.searc
     Pass strategy='evolutionary' to the tuning functions for the stock configuration.
     """
     if evolve:
-        return ms.search_strategy.EvolutionarySearch(population_size=256, genetic_num_iters=3)
+        return ms.search_strategy.EvolutionarySearch(population_size=128, genetic_num_iters=2)
     population = max(32, 2 * trials_per_iter)
     return ms.search_strategy.EvolutionarySearch(population_size=population, init_min_unmeasured=population * 3 // 4,
                                                  genetic_num_iters=0)
