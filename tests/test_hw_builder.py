@@ -95,7 +95,7 @@ def test_default_search_evolves_only_when_the_cost_model_can_predict():
     model.data_size = 90                                 # samples carried over from an earlier session
     assert _strategy_for(None, model, 16, 16).genetic_num_iters == 2
     assert _strategy_for("evolutionary", model, 16, 16) == "evolutionary"   # an explicit choice is kept
-    assert _strategy_for(None, "xgb", 16, 16).genetic_num_iters == 2       # a named model: stock behaviour
+    assert _strategy_for(None, "xgb", 16, 16).genetic_num_iters == 2       # a named model: assumed to predict
 
 
 def _tensorized_int8_dense(intrin: str, lanes: int):
