@@ -318,28 +318,24 @@ def to_te_tensors(program: OpProgram, index_dtype: str = "int32") -> tuple[list[
     legalized PrimFuncs use int64 shapes, so that FuseTIR can fuse across them).
     """
     with _index_dtype(index_dtype):
-        return _to_te_tensors(program, index_dtype)
-
-
-def _to_te_tensors(program: OpProgram, index_dtype: str) -> tuple[list[te.Tensor], te.Tensor]:
-    env: dict[str, Value] = {}
-    for name, shape in {**program.inputs, **program.weights}.items():
-        env[name] = Value.of(te.placeholder([_dim(d) for d in shape], "float32", name=name), external=True)
-    args = [v.tensor for v in env.values()]
-    for node in program.nodes:
-        ins = [env[i] for i in node.inputs]
-        value = TE_OPS[node.op](*ins, **node.attr)
-        if node.op in INDEX_OPS:
-            value.external = all(v.external for v in ins)
-            if value.external:  # e.g. the input's padding: a block MetaSchedule handles well
-                value = Value.of(te.compute([_dim(d) for d in value.shape], value.read, name=node.op), True)
-        env[node.name] = value
-    out = env[program.output]
-    wrong_index_type = any(str(d.ty) != index_dtype for d in out.tensor.shape) if out.tensor is not None else True
-    if out.tensor is None or out.tensor.op in [t.op for t in args] or wrong_index_type:
-        read = out.read
-        out = Value.of(te.compute([_dim(d) for d in out.shape], read, name="output"), False)
-    return args, out.tensor
+        env: dict[str, Value] = {}
+        for name, shape in {**program.inputs, **program.weights}.items():
+            env[name] = Value.of(te.placeholder([_dim(d) for d in shape], "float32", name=name), external=True)
+        args = [v.tensor for v in env.values()]
+        for node in program.nodes:
+            ins = [env[i] for i in node.inputs]
+            value = TE_OPS[node.op](*ins, **node.attr)
+            if node.op in INDEX_OPS:
+                value.external = all(v.external for v in ins)
+                if value.external:  # e.g. the input's padding: a block MetaSchedule handles well
+                    value = Value.of(te.compute([_dim(d) for d in value.shape], value.read, name=node.op), True)
+            env[node.name] = value
+        out = env[program.output]
+        wrong_index_type = any(str(d.ty) != index_dtype for d in out.tensor.shape) if out.tensor is not None else True
+        if out.tensor is None or out.tensor.op in [t.op for t in args] or wrong_index_type:
+            read = out.read
+            out = Value.of(te.compute([_dim(d) for d in out.shape], read, name="output"), False)
+        return args, out.tensor
 
 
 def to_te(program: OpProgram) -> tirx.PrimFunc:

@@ -351,10 +351,11 @@ class TunedMeasurer(Measurer):
         finally:
             for library in libraries.values():
                 shutil.rmtree(Path(library).parent, ignore_errors=True)
+        spreads = {name: relative_spread(r) for name, r in raw.items()}
         return {name: {**LatencyStats.from_raw(r, number=5, device=self.device.name,
                                                emulated=bool(self.device.emulated)).to_json(),
-                       "rounds": rounds, "spread": relative_spread(r),
-                       "stable": relative_spread(r) <= self.opt.max_spread} for name, r in raw.items()}
+                       "rounds": rounds, "spread": spreads[name], "stable": spreads[name] <= self.opt.max_spread}
+                for name, r in raw.items()}
 
 
 # ---------------------------------------------------------------------------------------- fake device
