@@ -260,9 +260,11 @@ def test_convolutions_compile_channels_last_on_request(imported):
     assert current_conv_layout() == "NCHW"
 
 
-def test_a_replacement_runs_channels_last_without_transposes():
-    """A replacement kernel between NHWC convolutions reads and writes NHWC itself: no transpose
-    kernel appears around it, and its residual add and ReLU fuse into it."""
+@pytest.mark.parametrize("relax_operators", [True, False], ids=["relax-ops", "tir-kernels"])
+def test_a_replacement_runs_channels_last_without_transposes(relax_operators):
+    """A replacement between NHWC convolutions runs NHWC: written as Relax convolutions, the layout
+    pass converts them like the model's own; as TensorIR kernels, each reads and writes NHWC itself.
+    No transpose kernel appears around it, and its residual add and ReLU fuse into it."""
     from tvm.s_tir import meta_schedule as ms
 
     cls, shape = MODELS["resnet"]
@@ -270,17 +272,26 @@ def test_a_replacement_runs_channels_last_without_transposes():
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     mod, params = from_torch(model, x)
     site = {s.id: s for s in find_sites(mod, params)}["layer1.0.conv2"]
-    new_mod, new_params = substitute(mod, params, {site.id: replacement_for(site, seed=0)})
+    new_mod, new_params = substitute(mod, params, {site.id: replacement_for(site, seed=0)},
+                                     relax_operators=relax_operators)
     target = as_target(None)
 
-    def task_names(m, p) -> list[str]:
-        return [t.task_name for t in ms.relax_integration.extract_tasks(legalize(m, p, target), target)]
+    def tasks(m, p) -> list:
+        return ms.relax_integration.extract_tasks(legalize(m, p, target), target)
 
     with conv_layout("NHWC"):
-        original, adapted = task_names(mod, params), task_names(new_mod, new_params)
+        original_tasks, adapted_tasks = tasks(mod, params), tasks(new_mod, new_params)
+    original, adapted = ([t.task_name for t in ts] for ts in (original_tasks, adapted_tasks))
     transposes = [n for n in adapted if "transpose" in n]
     assert len(transposes) == len([n for n in original if "transpose" in n]), adapted
-    assert any(n.startswith("fused_gos_") and n.endswith("_nhwc_add1_relu") for n in adapted), adapted
+    if relax_operators:  # the separable program's two convolutions, the second with the residual add and ReLU
+        from gos_tvm.hw.tuning.delta import task_delta
+
+        delta = task_delta(original_tasks, adapted_tasks)
+        assert [t.task_name for t, _ in delta.removed] == ["fused_conv2d1_add_add1_relu"]
+        assert sorted(t.task_name for t, _ in delta.added) == ["conv2d2", "fused_conv2d3_add_add1_relu"]
+    else:
+        assert any(n.startswith("fused_gos_") and n.endswith("_nhwc_add1_relu") for n in adapted), adapted
     reference = torch_reference(model, {site.id: replacement_for(site, seed=0)})(x).detach().numpy()
     with conv_layout("NHWC"):
         (out,) = run(compile_module(new_mod, new_params), x)
@@ -288,14 +299,14 @@ def test_a_replacement_runs_channels_last_without_transposes():
 
 
 def test_a_replacement_before_a_pool_runs_channels_last_without_transposes():
-    """A pool after a replacement runs NHWC too: the transposes around it are cancelled."""
+    """A pool after a replacement kernel runs NHWC too: the transposes around it are cancelled."""
     from gos_tvm.models import DigitsCNN
 
     torch.manual_seed(0)
     model, x = DigitsCNN(width=8).eval(), torch.randn(1, 1, 16, 16)
     mod, params = from_torch(model, x)
     site = {s.id: s for s in find_sites(mod, params)}["conv2"]  # conv2 -> relu -> max_pool2d
-    new_mod, new_params = substitute(mod, params, {site.id: replacement_for(site, seed=0)})
+    new_mod, new_params = substitute(mod, params, {site.id: replacement_for(site, seed=0)}, relax_operators=False)
     from tvm.s_tir import meta_schedule as ms
 
     target = as_target(None)
@@ -310,7 +321,8 @@ def test_a_replacement_before_a_pool_runs_channels_last_without_transposes():
     assert rel_err(out, reference) < 1e-4
 
 
-def test_substituted_module_matches_torch_reference(imported):
+@pytest.mark.parametrize("relax_operators", [True, False], ids=["relax-ops", "tir-kernels"])
+def test_substituted_module_matches_torch_reference(imported, relax_operators):
     name, model, x, mod, params = imported
     sites = find_sites(mod, params)
     if name == "resnet":
@@ -319,17 +331,24 @@ def test_substituted_module_matches_torch_reference(imported):
         chosen = ["features.0.0", "features.1.body.3", "features.2.body.0", "features.3", "classifier"]
     by_id = {s.id: s for s in sites}
     replacements = {sid: replacement_for(by_id[sid], seed=i) for i, sid in enumerate(chosen)}
-    new_mod, new_params = substitute(mod, params, replacements)
+    new_mod, new_params = substitute(mod, params, replacements, relax_operators=relax_operators)
 
-    # The replaced sites are call_tir PrimFuncs now; the rest is untouched.
+    # The replaced sites are their programs now (the convolutions they write are not sites); the rest
+    # is untouched.
     remaining = find_sites(new_mod, new_params)
     assert [s.id for s in remaining] == [s.id for s in sites if s.id not in chosen]
     for s in remaining:
         for k, v in s.weights.items():
             np.testing.assert_array_equal(v, by_id[s.id].weights[k])
-    # One PrimFunc per distinct stage of the programs (`instructions.stages`), shared between sites.
     prim_funcs = [gv.name_hint for gv, f in new_mod.functions.items() if gv.name_hint.startswith("gos_")]
-    assert len(prim_funcs) == len({st.structural_hash for p, _ in replacements.values() for st in stages(p)})
+    distinct_stages = {st.structural_hash for p, _ in replacements.values() for st in stages(p)}
+    if relax_operators:  # every stage here is a convolution or dense layer: Relax's own operators
+        assert prim_funcs == []
+        convs = sum(1 for b in new_mod["main"].body.blocks for v in b.bindings
+                    if isinstance(v.value, relax.Call) and getattr(v.value.op, "name", "") == "relax.nn.conv2d")
+        assert convs > sum(1 for s in sites if s.op == "relax.nn.conv2d" and s.id not in chosen)
+    else:  # one PrimFunc per distinct stage of the programs (`instructions.stages`), shared between sites
+        assert len(prim_funcs) == len(distinct_stages)
     for sid in chosen:
         assert f"{sid}.weight" not in new_params
         for w in replacements[sid][0].weights:
@@ -520,7 +539,7 @@ def test_compile_applies_a_metaschedule_database():
     mod, params = from_torch(model, x)
     (site, _) = find_sites(mod, params)
     replacement = replacement_for(site, seed=0)
-    new_mod, new_params = substitute(mod, params, {"conv": replacement})
+    new_mod, new_params = substitute(mod, params, {"conv": replacement}, relax_operators=False)
     target = as_target(None)
     lowered = legalize(new_mod, new_params, target)
     tasks = ms.relax_integration.extract_tasks(lowered, target)

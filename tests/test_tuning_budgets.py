@@ -173,8 +173,8 @@ def _replaced(model, site_id: str, program=None, seed: int = 0):
     """`model` with one site replaced: by `program` with random weights, or by the site's own program."""
     mod, params = model
     site = {s.id: s for s in graph.find_sites(mod, params)}[site_id]
-    if program is None:
-        return graph.substitute(mod, params, {site_id: (site.program, site.weights)})
+    if program is None:  # as the search prices a site: its program as kernels of ours, a task of its own
+        return graph.substitute(mod, params, {site_id: (site.program, site.weights)}, relax_operators=False)
     rng = np.random.default_rng(seed)
     weights = {k: rng.standard_normal(shape).astype("float32") for k, shape in program.weights.items()}
     return graph.substitute(mod, params, {site_id: (program, weights)})
@@ -196,6 +196,13 @@ def test_task_delta_counts_each_workload_with_its_weight():
     assert [(t.task_name, n) for t, n in delta.removed] == [(twice.task_name, 1)]
     assert len(delta.added) == 1 and delta.added[0][1] == 1 and "gos_" in delta.added[0][0].task_name
     assert task_delta(before, before).removed == [] and task_delta(before, before).added == []
+    # Written as Relax's operators (`graph.operators`), the site's own program is the original's task.
+    mod, params = original
+    site = graph.find_sites(mod, params)[0]
+    same = graph.substitute(mod, params, {site.id: (site.program, site.weights)})
+    assert same[0]["main"].params != mod["main"].params  # the weights are the replacement's parameters
+    delta = task_delta(before, list(_tasks(same).values()))
+    assert delta.removed == [] and delta.added == []
 
 
 def test_a_site_and_its_candidate_are_priced_by_the_models_own_tasks(device, tmp_path):

@@ -31,7 +31,7 @@ from tvm import te, tirx
 from ..instructions import OpProgram
 from ..instructions.lowering_te import to_te_tensors
 from .importer import num_inputs
-from .sites import Site, analyze
+from .sites import REPLACEMENT_PARAM, Site, analyze
 
 Replacement = tuple[OpProgram, Mapping[str, Any]]
 
@@ -103,13 +103,16 @@ def _add_prim_func(bb: relax.BlockBuilder, program: OpProgram) -> tvm.ir.GlobalV
     return bb.add_func(replacement_prim_func(program).without_attr("global_symbol"), name)
 
 
-def _staged_call(bb: relax.BlockBuilder, program: OpProgram, x: Any, weights: Mapping[str, Any]) -> relax.Expr:
-    """``program`` applied to ``x`` as a chain of ``call_tir``s, one per stage
-    (`instructions.stages`: each contraction its own kernel, so that MetaSchedule tunes each with
-    the per-task budget; FuseOps fuses the point-wise stages into the one before them).  A
-    program whose stage outputs are read by more than one later stage stays one kernel: a
-    nested expression would compute the shared value twice."""
+def _staged_call(bb: relax.BlockBuilder, program: OpProgram, x: Any, weights: Mapping[str, Any],
+                 relax_operators: bool = True) -> relax.Expr:
+    """``program`` applied to ``x`` stage by stage (`instructions.stages`: each contraction its own
+    kernel, so that MetaSchedule tunes each with the per-task budget; FuseOps fuses the point-wise
+    stages into the one before them).  A stage that is a convolution or linear map becomes Relax's
+    own operator (`graph.operators`, scheduled like the model's convolutions), any other stage a
+    ``call_tir`` of its TensorIR kernel.  A program whose stage outputs are read by more than one
+    later stage stays one kernel: a nested expression would compute the shared value twice."""
     from ..instructions.stages import stages
+    from .operators import site_operator
 
     parts = stages(program)
     reads = [i for st in parts for i in st.inputs]
@@ -117,10 +120,13 @@ def _staged_call(bb: relax.BlockBuilder, program: OpProgram, x: Any, weights: Ma
         parts = [program]
     env: dict[str, Any] = {next(iter(program.inputs)): x, **weights}
     for st in parts:
-        gvar = _add_prim_func(bb, st)
-        args = [env[v] for v in (*st.inputs, *st.weights)]
-        env[st.output] = relax.call_tir(gvar, relax.Tuple(args),
-                                        relax.TensorType(list(program.shapes[st.output]), "float32"))
+        value = site_operator(st, env) if relax_operators else None
+        if value is None:
+            gvar = _add_prim_func(bb, st)
+            args = [env[v] for v in (*st.inputs, *st.weights)]
+            value = relax.call_tir(gvar, relax.Tuple(args),
+                                   relax.TensorType(list(program.shapes[st.output]), "float32"))
+        env[st.output] = value
     return env[program.output]
 
 
@@ -159,8 +165,8 @@ def _normalize(mod: tvm.IRModule, func: relax.Function) -> relax.Function:
     return relax.transform.Normalize()(ctx)["main"]
 
 
-def substitute(mod: tvm.IRModule, params: Mapping[str, np.ndarray],
-               replacements: Mapping[str, Replacement]) -> tuple[tvm.IRModule, dict[str, np.ndarray]]:
+def substitute(mod: tvm.IRModule, params: Mapping[str, np.ndarray], replacements: Mapping[str, Replacement],
+               relax_operators: bool = True) -> tuple[tvm.IRModule, dict[str, np.ndarray]]:
     """A new ``(mod, params)`` in which each site in ``replacements`` is computed by its program.
 
     ``replacements`` maps a site id (see `find_sites`) to ``(program, weights)``; the
@@ -170,6 +176,11 @@ def substitute(mod: tvm.IRModule, params: Mapping[str, np.ndarray],
     the parameters that only the replaced sites used are dropped from the signature
     and from the returned params.  Raises `KeyError` for an unknown or skipped site and
     `ValueError` for a program that does not fit its site.
+
+    With ``relax_operators`` (the default), the program's stages that are convolutions or linear
+    maps are written as Relax operators (`graph.operators`); without, every stage is a ``call_tir``
+    of its TensorIR kernel, so even a program that computes the site's own operator is a new kernel
+    (what the search uses to find a site's share of the model's latency).
     """
     params = dict(params)
     analysis = analyze(mod, params)
@@ -186,14 +197,14 @@ def substitute(mod: tvm.IRModule, params: Mapping[str, np.ndarray],
         x, out_var = site.refs
         wvars = []
         for wname, value in values.items():
-            pname = f"{site.id}.replacement.{wname}"
+            pname = f"{site.id}{REPLACEMENT_PARAM}{wname}"
             while pname in taken:
                 pname += "_"
             taken.add(pname)
             var = relax.Var(pname, relax.TensorType(list(value.shape), "float32"))
             wvars.append(var)
             new_values[pname] = value
-        replace[out_var] = _staged_call(bb, program, x, dict(zip(values, wvars)))
+        replace[out_var] = _staged_call(bb, program, x, dict(zip(values, wvars)), relax_operators)
         new_params += wvars
     out = bb.get()
     new_func = _rebuild(out, func, n, replace, new_params)

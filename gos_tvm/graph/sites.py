@@ -16,7 +16,9 @@ is the layer (see `gos_tvm.graph.reference`).  For ONNX it is the initializer na
 (minus ``.weight``).  A site whose weight is a constant rather than a parameter is named
 ``"<kind>@<relax var>"``, and a weight used by several sites gives ``"<name>#2"``,
 ``"<name>#3"``, ... to the later ones.  Ids depend only on the names of the site's own
-values, so the sites that `substitute` leaves alone keep their ids.
+values, so the sites that `substitute` leaves alone keep their ids.  The convolutions that
+`substitute` writes for a replacement program (`graph.operators`) are part of that replacement,
+not sites.
 
 Operators that look like sites but cannot be expressed (transposed or 3-d convolution,
 non-float32 or non-NCHW layouts, symbolic shapes, weights computed at run time) are
@@ -35,6 +37,9 @@ from ..instructions import OpProgram, library
 from .importer import num_inputs
 
 SITE_KINDS = ("conv1d", "conv2d", "depthwise", "pointwise", "dense")
+
+#: Marks the parameters `graph.substitute` adds for a replacement's weights (``<site>.replacement.<weight>``).
+REPLACEMENT_PARAM = ".replacement."
 
 # Relax operators that are convolution-like but that the library does not express.
 _OTHER_CONV_OPS = {
@@ -363,8 +368,8 @@ def analyze(mod: tvm.IRModule, params: dict[str, np.ndarray]) -> SiteAnalysis:
             result.skipped.append(SkippedSite(unique(_site_name(source, kind_hint, b.var.name)), op, str(err),
                                               b.var.name))
             continue
-        if info is None:
-            continue
+        if info is None or REPLACEMENT_PARAM in (info["source"] or ""):
+            continue  # an operator `substitute` wrote for a replacement program is part of that program
         weights = {"weight": info["weight"]}
         program, out_var = info["program"], b.var
         replaced = [b.var] + [v for v in info["through"] if g.uses.get(v, 0) == 1]

@@ -50,7 +50,8 @@ def stages(program: OpProgram) -> list[OpProgram]:
     arithmetic = [n for n in program.nodes if n.op not in INDEX_OPS]
     if len(arithmetic) <= 1:
         return [program]
-    materialised = set(program.inputs) | set(program.weights) | {n.name for n in arithmetic}
+    merged = _merging_reshapes(program, arithmetic)
+    materialised = set(program.inputs) | set(program.weights) | {merged.get(n.name, n.name) for n in arithmetic}
     out: list[OpProgram] = []
     tail_reads: list[str] = []
     if program.output not in materialised:
@@ -68,6 +69,9 @@ def stages(program: OpProgram) -> list[OpProgram]:
             reached = [*last.inputs, *last.weights, *(v for v in reached if v in program.weights)]
         output = node.name
         nodes = nodes + [node]
+        if node.name in merged:  # a grouped contraction ends with the reshape back to a feature map
+            output = merged[node.name]
+            nodes.append(next(n for n in program.nodes if n.name == output))
         if tail_reads == [node.name]:  # the output's index chain reads only this value: it ends this stage
             tail, _ = _prologue(program, [program.output], materialised)
             nodes += tail
@@ -79,6 +83,22 @@ def stages(program: OpProgram) -> list[OpProgram]:
         nodes, reached = _prologue(program, [program.output], materialised)
         out.append(_stage(program, f"{program.name}.s{len(arithmetic)}", nodes, reached, program.output))
     return _feature_map_boundaries(program, out)
+
+
+def _merging_reshapes(program: OpProgram, arithmetic: list[Node]) -> dict[str, str]:
+    """{arithmetic value: the reshape that is its only reader} where the value is not a feature map
+    and the reshape makes one (a grouped convolution's (N, G, O/G, H, W) merged to (N, O, H, W)):
+    the stage ends with the feature map, which is what the convolution the stage is computes."""
+    rank = len(next(iter(program.inputs.values())))
+    out: dict[str, str] = {}
+    if rank < 3:
+        return out  # a dense layer's (N, G, O/G) is no convolution: cutting there only adds a kernel launch
+    for node in arithmetic:
+        readers = [n for n in program.nodes if node.name in n.inputs]
+        if len(program.shapes[node.name]) != rank and node.name != program.output and len(readers) == 1 \
+                and readers[0].op == "reshape" and len(program.shapes[readers[0].name]) == rank:
+            out[node.name] = readers[0].name
+    return out
 
 
 def _feature_map_boundaries(program: OpProgram, parts: list[OpProgram]) -> list[OpProgram]:

@@ -130,7 +130,8 @@ class GOSearch:
             else:
                 todo[site_id] = site
         if todo:
-            variants = {s: graph.substitute(self.mod, self.params, {s: (site.program, site.weights)})
+            variants = {s: graph.substitute(self.mod, self.params, {s: (site.program, site.weights)},
+                                            relax_operators=False)
                         for s, site in todo.items()}
             measured = self.measurer.replacements((self.mod, self.params), variants, trials_per_task=None)
             for site_id, m in measured.items():
