@@ -375,6 +375,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     speedup = result.speedup
     loss = acc_orig - acc_adapt
     rec["speedup_vs_tuned_original"] = speedup
+    rec["speedup_statistic"] = result.speedup_statistic  # median, or min when a timing was not stable
     rec["target"] = {"speedup": TARGET_SPEEDUP, "max_accuracy_loss_points": 100 * TARGET_ACC_LOSS,
                      "speedup_met": speedup >= TARGET_SPEEDUP, "accuracy_met": loss <= TARGET_ACC_LOSS + 1e-9}
     rec["target"]["met"] = rec["target"]["speedup_met"] and rec["target"]["accuracy_met"]
@@ -389,6 +390,11 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
 def record_name(model: str, dataset: str) -> str:
     """File stem of a model's record, ONNX file and search directory (digits keeps the plain model name)."""
     return model if dataset == "digits" else f"{model}-{dataset}"
+
+
+def _statistic(record: dict) -> str:
+    """' (min)' when the speed-up compares minima (a timing was not stable), else ''."""
+    return " (min)" if record.get("speedup_statistic") == "min" else ""
 
 
 def _ms(entry: dict | None) -> str:
@@ -448,7 +454,7 @@ def markdown(records: list[dict], machine: dict) -> str:
             f"| {r['model']}{'' if r.get('dataset', 'digits') == 'digits' else ' on ' + r['dataset']}"
             f"{' (EMULATED rasp3b-aarch64)' if r.get('emulated') else ''} "
             f"({budget_label(cfg)}) | {_ms(lat['tvm_original_tuned'])} | "
-            f"{_ms(lat['gos_adapted_tuned'])} | {r['speedup_vs_tuned_original']:.2f}x | {_ms(lat['torch_eager'])} | "
+            f"{_ms(lat['gos_adapted_tuned'])} | {r['speedup_vs_tuned_original']:.2f}x{_statistic(r)} | {_ms(lat['torch_eager'])} | "
             f"{_ms(lat['torch_compile'])} | {_ms(lat['onnxruntime'])} | {vs_ort(lat)} | {acc['original']:.4f} → {acc['adapted']:.4f} "
             f"({acc['delta_points']:+.2f}) | {len(r['replaced'])}/{r['sites_total']}: {repl} | "
             f"{r['search']['wall_s'] / 60:.1f} min, {r['search']['device_measurements']} | {verdict} |")

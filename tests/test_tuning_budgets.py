@@ -405,3 +405,17 @@ def test_default_budgets_tune_models_to_convergence_and_screen_candidates_cheape
     assert (default.trials_per_task, default.candidate_trials) == (DEFAULT_TRIALS_PER_TASK, DEFAULT_KERNEL_TRIALS)
     assert search(trials_per_task=4).candidate_trials == 4
     assert search(trials_per_task=32, kernel_trials=24).candidate_trials == 24
+
+
+def test_speedup_compares_minima_when_a_timing_is_not_stable():
+    """Timed alternately on a bimodal host, medians compare host modes: these are the rows of a
+    resnet18-style run whose adapted model was faster in every mode but had the larger median."""
+    from gos_tvm.search.measurer import speedup
+
+    original = {"median_s": 0.413e-3, "min_s": 0.350e-3, "stable": False}
+    adapted = {"median_s": 0.466e-3, "min_s": 0.285e-3, "stable": False}
+    ratio, statistic = speedup(original, adapted)
+    assert statistic == "min" and ratio == pytest.approx(0.350 / 0.285)
+    ratio, statistic = speedup({**original, "stable": True}, {**adapted, "stable": True})
+    assert statistic == "median" and ratio == pytest.approx(0.413 / 0.466)
+    assert speedup({**original, "stable": True}, adapted)[1] == "min"

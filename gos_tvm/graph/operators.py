@@ -32,6 +32,9 @@ _BINARY: dict[str, Callable[[Any, Any], Any]] = {
 _UNARY: dict[str, Callable[[Any], Any]] = {"abs": relax.op.abs, "neg": relax.op.negative}
 assert set(_BINARY) == set(BINARY_OPS) and set(_UNARY) == set(UNARY_OPS)
 
+#: How `graph.substitute` writes replacement stages; part of the key of a candidate's logged latency.
+STAGE_FORM = "relax-ops"
+
 #: Relax convolutions by number of spatial axes (channels-first data, ``O, C/groups, *kernel`` weights).
 _CONV = {1: relax.op.nn.conv1d, 2: relax.op.nn.conv2d}
 
@@ -156,4 +159,4 @@ def _epilogue(node: Node, values: Mapping[str, relax.Expr], on_weights: bool) ->
     return None
 
 
-__all__ = ["site_operator"]
+__all__ = ["STAGE_FORM", "site_operator"]

@@ -1,10 +1,11 @@
 """Graph rewriting: substitute replacement programs at op sites, and expose site activations.
 
-`substitute` replaces each chosen site by ``call_tir``s of its replacement program's
-TensorIR PrimFuncs (`gos_tvm.instructions.to_te`), one per stage of the program
-(`gos_tvm.instructions.stages`: one per arithmetic instruction), whose weights become new
-parameter arguments of ``main``.  Everything else is left as it was: the site's own bindings
-(operator, weight transpose, bias reshape and bias add) become dead and are removed,
+`substitute` replaces each chosen site by its replacement program, one piece per stage of the
+program (`gos_tvm.instructions.stages`: one per arithmetic instruction): a stage that is a
+convolution or linear map becomes Relax's own operator (`graph.operators`), any other stage a
+``call_tir`` of its TensorIR PrimFunc (`gos_tvm.instructions.to_te`).  The program's weights
+become new parameter arguments of ``main``.  Everything else is left as it was: the site's own
+bindings (operator, weight transpose, bias reshape and bias add) become dead and are removed,
 and so are the parameters that only they used.  The replaced site's output variable is
 kept, so every other binding, and the ids of the other sites, are unchanged.
 

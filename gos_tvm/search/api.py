@@ -13,7 +13,7 @@ import numpy as np
 from .adapt import build_adapted
 from .cost_model import ProgramLatencyModel
 from .gos import GOSearch
-from .measurer import Measurer, TuningParts
+from .measurer import Measurer, TuningParts, speedup
 from .pareto import Configuration
 from .report import plot_pareto, write_report
 from .results import Candidate, Decision, EvalFn, Predict, SearchOptions, SearchOutcome
@@ -73,7 +73,13 @@ class TuneResult:
 
     @property
     def speedup(self) -> float:
-        return self.original_latency["median_s"] / self.adapted_latency["median_s"]
+        """Original over adapted latency, timed alternately: medians, or minima when a timing was
+        not stable (`search.measurer.speedup`; `speedup_statistic` says which)."""
+        return speedup(self.original_latency, self.adapted_latency)[0]
+
+    @property
+    def speedup_statistic(self) -> str:
+        return speedup(self.original_latency, self.adapted_latency)[1]
 
     def program(self, candidate: str):
         """The replacement `OpProgram` of a candidate key (a `Decision.choice`, a configuration's choice)."""
@@ -165,7 +171,7 @@ class TuneResult:
                  f"adapted:  {_latency_line(a)}, score {self.adapted_score:.4f}"
                  + ("" if a != o else "  (the original is returned)" if self.fallback
                     else "  (nothing replaced: the original, tuned and measured once)"),
-                 f"speedup:  {self.speedup:.2f}x   ({self.device_measurements} device measurements, "
+                 f"speedup:  {self.speedup:.2f}x ({self.speedup_statistic}s)   ({self.device_measurements} device measurements, "
                  f"{self.seconds:.0f} s)"]
         rejected = (self.fallback or {}).get("adapted")
         if rejected:
@@ -330,7 +336,8 @@ def _result(search: GOSearch, out: SearchOutcome, accuracy_budget: float, opts: 
         "device": {**device_info(device)},
         "original": {"latency": out.baseline, "score": out.original_score},
         "adapted": {"latency": out.adapted, "score": out.adapted_score},
-        "speedup": out.baseline["median_s"] / out.adapted["median_s"],
+        "speedup": speedup(out.baseline, out.adapted)[0],
+        "speedup_statistic": speedup(out.baseline, out.adapted)[1],
         # the per-task budget both models were tuned to (their `per_task` tables: trials, latency, GFLOP/s)
         "trials_per_task": search.trials_per_task,
         "accuracy_budget": accuracy_budget,

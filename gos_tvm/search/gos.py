@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..instructions import OpProgram
 from .cost_model import LatencyModel, ProgramLatencyModel
 from .distillation import SearchDistiller
-from .measurer import Measurer, TunedMeasurer, TuningParts
+from .measurer import Measurer, TunedMeasurer, TuningParts, speedup
 from .adapt import build_adapted, fingerprint, predictor, torch_predictor
 from .pareto import Configuration, choose, fall_back_to_original, pareto_front
 from .results import DEFAULT_KERNEL_TRIALS, Candidate, Decision, EvalFn, Predict, SearchOptions, SearchOutcome
@@ -150,8 +150,12 @@ class GOSearch:
 
     def _candidate_log_key(self, ckey: str) -> str:
         # Distilled variants share their program, and so their measurement, with their candidate.
+        # The kernel form is in the key: a work dir measured when every stage was a TensorIR kernel
+        # must not lend those latencies to stages that are now Relax convolutions.
+        from ..graph.operators import STAGE_FORM
+
         info = self.state["candidates"][ckey]
-        return f"candidate:{info['site']}:{info['hash']}:{self.candidate_trials}pt"
+        return f"candidate:{info['site']}:{info['hash']}:{STAGE_FORM}:{self.candidate_trials}pt"
 
     def candidate_measurement(self, ckey: str) -> dict | None:
         """The candidate's measurement row (`candidate_latencies`), None if it was not measured."""
@@ -353,7 +357,7 @@ class GOSearch:
                 mod, params = self.adapted(chosen.choices)
                 adapted = self.model_latency("adapted", mod, params)
                 self.baseline, adapted = self.side_by_side(mod, params, adapted)
-                if adapted["median_s"] >= self.baseline["median_s"]:
+                if speedup(self.baseline, adapted)[0] <= 1.0:
                     chosen, adapted = fall_back_to_original(self.state, configs, chosen, adapted, self.baseline)
             bar.update()
         self.state["phase"] = "done"

@@ -45,8 +45,12 @@ def fall_back_to_original(state: dict, configs: Sequence[Configuration], chosen:
     end (the whole-model budget spread over other kernels, other fusion): never hand back a
     slower model.  Returns the original configuration and its latency; the decisions in `state`
     say why, and `state['fallback']` keeps what was rejected."""
-    why = (f"kept: the adapted model ({chosen.key}) measured {adapted['median_s'] * 1e3:.3f} ms end to end, "
-           f"not faster than the original's {baseline['median_s'] * 1e3:.3f} ms; the original is returned")
+    from .measurer import speedup
+
+    _, stat = speedup(baseline, adapted)
+    key = f"{stat}_s"
+    why = (f"kept: the adapted model ({chosen.key}) measured {adapted[key] * 1e3:.3f} ms end to end ({stat}), "
+           f"not faster than the original's {baseline[key] * 1e3:.3f} ms; the original is returned")
     for site, ckey in chosen.choices.items():
         if ckey is not None:
             decision = state["decisions"][site]
