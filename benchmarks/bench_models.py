@@ -371,6 +371,11 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     else:
         lat["onnxruntime"] = na("ONNX export failed")
     rec["latency"] = lat
+    # The tuned TVM models and onnxruntime / PyTorch in one process, taking turns: the ratio to
+    # onnxruntime then compares runtimes in the same host minutes (the columns above are timed apart).
+    if rec["onnx"].get("path") and result.device.is_local and not result.device.emulated:
+        rec["alternatives"] = result.compare_with_alternatives(x1_np, torch_model=model, onnx_path=onnx_path)
+        print(rec["alternatives"]["table"], flush=True)
 
     speedup = result.speedup
     loss = acc_orig - acc_adapt
@@ -403,8 +408,12 @@ def _ms(entry: dict | None) -> str:
     return f"{entry['median_s'] * 1e3:.3f}"
 
 
-def vs_ort(lat: dict) -> str:
-    """How much faster the adapted TVM model runs than onnxruntime on the original (>1: faster)."""
+def vs_ort(lat: dict, alternatives: dict | None = None) -> str:
+    """How much faster the adapted TVM model runs than onnxruntime on the original (>1: faster):
+    from the in-process alternating timing (`TuneResult.compare_with_alternatives`) when the
+    record has one, else from the separately timed columns."""
+    if alternatives:
+        return f"{alternatives['adapted_over_onnxruntime']:.2f}x (alternating)"
     ort, gos = lat.get("onnxruntime", {}), lat.get("gos_adapted_tuned", {})
     if not ort.get("median_s") or not gos.get("median_s"):
         return "n/a"
@@ -455,7 +464,7 @@ def markdown(records: list[dict], machine: dict) -> str:
             f"{' (EMULATED rasp3b-aarch64)' if r.get('emulated') else ''} "
             f"({budget_label(cfg)}) | {_ms(lat['tvm_original_tuned'])} | "
             f"{_ms(lat['gos_adapted_tuned'])} | {r['speedup_vs_tuned_original']:.2f}x{_statistic(r)} | {_ms(lat['torch_eager'])} | "
-            f"{_ms(lat['torch_compile'])} | {_ms(lat['onnxruntime'])} | {vs_ort(lat)} | {acc['original']:.4f} → {acc['adapted']:.4f} "
+            f"{_ms(lat['torch_compile'])} | {_ms(lat['onnxruntime'])} | {vs_ort(lat, r.get('alternatives'))} | {acc['original']:.4f} → {acc['adapted']:.4f} "
             f"({acc['delta_points']:+.2f}) | {len(r['replaced'])}/{r['sites_total']}: {repl} | "
             f"{r['search']['wall_s'] / 60:.1f} min, {r['search']['device_measurements']} | {verdict} |")
     notes = []
