@@ -263,6 +263,12 @@ def test_a_configuration_measured_slower_falls_back_to_the_original():
     assert got is original and latency is baseline
     decision = state["decisions"]["conv2"]
     assert decision["choice"] is None and decision["rule"] == "original"
-    assert "measured 1.200 ms end to end, not faster than the original's 1.000 ms" in decision["reason"]
+    assert "measured 1.200 ms end to end (median), not faster than the original's 1.000 ms" in decision["reason"]
     assert "2.00x faster kernel" in decision["reason"]
+    # Timings that are not stable are compared by their minima (`measurer.speedup`), and the reason says so.
+    state["decisions"]["conv2"].update(choice="c1", rule="low_rank", reason="low_rank: 2.00x faster kernel")
+    fall_back_to_original(state, [chosen, original], chosen, {"median_s": 0.9e-3, "min_s": 1.1e-3, "stable": False},
+                          {"median_s": 1e-3, "min_s": 0.8e-3, "stable": False})
+    assert "measured 1.100 ms end to end (min), not faster than the original's 0.800 ms" in \
+        state["decisions"]["conv2"]["reason"]
     assert state["fallback"]["rejected"] == chosen.key
