@@ -22,8 +22,7 @@ from typing import Any, Callable, Mapping
 from tvm import relax
 
 from ..instructions import OpProgram
-from ..instructions.program import BINARY_OPS, UNARY_OPS, Node
-from ..instructions.program import parse_einsum
+from ..instructions.program import BINARY_OPS, UNARY_OPS, Node, parse_einsum
 from ..space.match import Site, find_sites, weight_source
 
 _BINARY: dict[str, Callable[[Any, Any], Any]] = {

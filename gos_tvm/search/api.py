@@ -332,12 +332,13 @@ def _result(search: GOSearch, out: SearchOutcome, accuracy_budget: float, opts: 
     from ..graph.layout import current_conv_layout
 
     device, chosen = search.device, out.chosen
+    ratio, statistic = speedup(out.baseline, out.adapted)
     report = {
         "device": {**device_info(device)},
         "original": {"latency": out.baseline, "score": out.original_score},
         "adapted": {"latency": out.adapted, "score": out.adapted_score},
-        "speedup": speedup(out.baseline, out.adapted)[0],
-        "speedup_statistic": speedup(out.baseline, out.adapted)[1],
+        "speedup": ratio,
+        "speedup_statistic": statistic,
         # the per-task budget both models were tuned to (their `per_task` tables: trials, latency, GFLOP/s)
         "trials_per_task": search.trials_per_task,
         "accuracy_budget": accuracy_budget,
