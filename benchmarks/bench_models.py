@@ -74,6 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                                   "is eligible; quick 1)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 6; quick 2)")
     p.add_argument("--budget", type=float, default=TARGET_ACC_LOSS, help="validation accuracy the search may lose")
+    p.add_argument("--distill-steps", type=int, default=None,
+                   help="distillation steps per configuration a candidate is judged in (default: gos_tvm's)")
+    p.add_argument("--final-distill-steps", type=int, default=None,
+                   help="distillation steps of the chosen configuration (default: gos_tvm's)")
     p.add_argument("--repeats", type=int, default=None, help="timed batch-1 calls per runtime (default 200; quick 30)")
     p.add_argument("--work-dir", default="bench_work", help="trained weights, ONNX files, search state")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="where results go")
@@ -256,6 +260,11 @@ def bench_torch_compile(model, x1: torch.Tensor, ref: torch.Tensor, repeats: int
         return na(f"{type(err).__name__}: {msg[0][:300] if msg else ''}")
 
 
+def distill_options(args: argparse.Namespace) -> dict[str, int]:
+    """The distillation budgets given on the command line (the others stay gos_tvm's defaults)."""
+    return {k: getattr(args, k) for k in ("distill_steps", "final_distill_steps") if getattr(args, k) is not None}
+
+
 def warm_start_databases(args: argparse.Namespace) -> dict[str, str]:
     """--warm-start-database MODEL=DIR pairs as {model: dir}."""
     out = {}
@@ -278,7 +287,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
                  "command": shlex.join([sys.executable, *sys.argv]), "machine": machine_info(),
                  "config": {k: getattr(args, k) for k in ("trials_per_task", "kernel_trials", "max_sites", "epochs", "budget",
                                                           "repeats", "seed", "quick", "dataset", "train_samples",
-                                                          "layout")},
+                                                          "layout", "distill_steps", "final_distill_steps")},
                  "warm_start_database": warm_start_databases(args).get(name)}
     t_model = time.time()
     torch.set_num_threads(2)
@@ -323,7 +332,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
         result = gos_tvm.tune(mod, device, params=params, calib_data=split.x_train,
                               val_data=(split.x_val, split.y_val), accuracy_budget=args.budget,
                               trials_per_task=args.trials_per_task, kernel_trials=args.kernel_trials,
-                              max_sites=args.max_sites, seed=args.seed,
+                              max_sites=args.max_sites, seed=args.seed, **distill_options(args),
                               warm_start_database=warm_start_databases(args).get(name),
                               work_dir=work / (f"gos_{tag}" + ("" if args.layout == "NCHW" else f"-{args.layout.lower()}")))
     tune_wall = time.time() - t0

@@ -56,12 +56,16 @@ def _programs() -> list[tuple[str, OpProgram]]:
     return out
 
 
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_relax_operator_stages_compute_the_program(layout):
+# Channels-last checks every fourth program in the default tier (the operators themselves always),
+# all of them in the slow tier: the default tier must stay under ~15 minutes on CI's 2 cores.
+@pytest.mark.parametrize("layout, every", [("NCHW", 1), ("NHWC", 4), pytest.param("NHWC", 1, marks=pytest.mark.slow)])
+def test_relax_operator_stages_compute_the_program(layout, every):
     checked, as_operators = 0, 0
     for i, (label, program) in enumerate(_programs()):
         if layout == "NHWC" and len(next(iter(program.inputs.values()))) != 4:
             continue  # only 2-d convolutions change layout
+        if i % every and not label.endswith(":original"):
+            continue
         rng = np.random.default_rng(i)
         weights = {w: (rng.standard_normal(s) * 0.3).astype(np.float32) for w, s in program.weights.items()}
         x = rng.standard_normal(next(iter(program.inputs.values()))).astype(np.float32)
@@ -75,5 +79,5 @@ def test_relax_operator_stages_compute_the_program(layout):
         as_operators += _tir_kernels(mod) < _tir_kernels(_module(program, relax_operators=False))
         if label.endswith(":original"):  # one site with a bias: Relax's own operator, no kernel of ours
             assert _tir_kernels(mod) == 0, label
-    assert checked > 30
+    assert checked > 30 // every
     assert as_operators > checked // 2, f"only {as_operators} of {checked} programs use Relax operators"

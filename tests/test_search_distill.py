@@ -58,6 +58,9 @@ def test_candidates_rejected_by_their_layerwise_fit_are_judged_after_distillatio
     assert judged, "no candidate missed the budget by its layer-wise fit: the test does not exercise distillation"
     assert any(t["score"] > t["layerwise_score"] for t in judged), judged  # distillation recovers accuracy
     assert out.distillation["enabled"] and out.distillation["task"] == "classification"
+    # Layer-wise fits use the first calib_samples inputs; distillation trains on all the inputs given.
+    _, _, split = trained
+    assert len(search.calib) == 192 and out.distillation["inputs"] == len(split.x_train) > 192
     assert out.distillation["candidates_judged_by_distillation"] == len(judged)
     # The score reported for the chosen configuration is the score of the weights handed back.
     chosen = [out.candidates[c] for c in out.chosen.choices.values() if c is not None]
@@ -78,3 +81,15 @@ def test_distill_false_keeps_layerwise_fitting_only(trained, tmp_path):
     assert not (tmp_path / "distill").exists()
     assert all("~" not in c for c in out.chosen.choices.values() if c)  # no distilled weight variants
     assert np.isfinite(out.adapted_score)
+
+
+def test_the_inputs_distillation_trains_on_are_part_of_the_work_directorys_identity(trained, tmp_path):
+    """A rerun with other inputs beyond the first calib_samples distils on other data: not the same run."""
+    mod, params, split = trained
+    first = _search(trained, tmp_path, distill=True)
+    first.save()
+    changed = split.x_train.copy()
+    changed[-1] += 1.0
+    with pytest.raises(ValueError, match="calib_data"):
+        GOSearch(mod, params, "local", calib_data=changed, evaluate=classification_eval(split.x_val, split.y_val),
+                 accuracy_budget=0.02, work_dir=tmp_path, options=first.opt, measurer=FakeMeasurer())

@@ -63,7 +63,7 @@ class SearchDistiller:
             return dict(choices)
         try:
             res = distill((search.mod, search.params), {c.site: (c.program, c.weights()) for c in replaced},
-                          search.calib, steps=steps, lr=opt.distill_lr, temperature=opt.distill_temperature,
+                          search.distill_inputs, steps=steps, batch_size=opt.distill_batch, lr=opt.distill_lr, temperature=opt.distill_temperature,
                           task=self.task, seed=opt.seed, checkpoint_dir=search.store.path / "distill", progress=False)
         except UnsupportedModelError as err:
             search.state["distillation"] = {"unavailable": f"{err}; candidates are judged by their layer-wise fit"}
@@ -106,6 +106,7 @@ class SearchDistiller:
                 "unavailable": search.state.get("distillation", {}).get("unavailable"),
                 "proxy": "layer-wise fit first; a candidate it rejects is judged after distilling its configuration "
                          f"({opt.distill_steps} steps)",
+                "inputs": len(search.distill_inputs), "batch": opt.distill_batch,
                 "candidates_judged_by_distillation": len(judged),
                 "accepted_after_distillation": sum(t["verdict"] == "accurate" for t in judged),
                 "runs": len(search.state.get("distilled", {})), "final": search.state.get("final_distillation"),

@@ -63,15 +63,18 @@ class GOSearch:
 
         self.mod, self.params = mod, dict(params)
         self.device = resolve_preset(device)
-        self.calib = np.asarray(calib_data, dtype="float32")[: options.calib_samples]
+        calib_data = np.asarray(calib_data, dtype="float32")
+        self.calib = calib_data[: options.calib_samples]
+        # Distillation's inputs (no labels: the original's outputs are its targets).
+        self.distill_inputs = calib_data[: options.distill_samples] if options.distill else self.calib
         self.evaluate_fn = evaluate
         self.budget = float(accuracy_budget)
         self.tracker, self.key = tracker, key  # set by `tune` once the device pool is up
         self.opt = options
         self.analysis = graph.analyze(mod, self.params)
         self.sites = {s.id: s for s in self.analysis.sites}
-        identity = run_identity(fingerprint(mod, self.params), self.device, options, self.calib, evaluate,
-                                accuracy_budget)
+        used = self.distill_inputs if len(self.distill_inputs) > len(self.calib) else self.calib
+        identity = run_identity(fingerprint(mod, self.params), self.device, options, used, evaluate, accuracy_budget)
         self.store = WorkDir(work_dir, identity)
         self.state = self.store.load_state() or {"scores": {}, "candidates": {}, "decisions": {},
                                                  "configs": {}, "phase": "start"}

@@ -51,6 +51,11 @@ class SearchOptions:
     distill: bool = True
     distill_steps: int = 60          # per judged configuration (0: layer-wise fitting only)
     final_distill_steps: int = 300   # for the chosen configuration
+    # Distillation trains on the first `distill_samples` of the calibration inputs (layer-wise fitting
+    # on the first `calib_samples`): its targets are the original's outputs, so every input the user
+    # has helps, and 256 inputs (205 after the held-out part) over-fit within a few dozen steps.
+    distill_samples: int = 4096
+    distill_batch: int = 64
     distill_lr: float = 1e-2
     distill_temperature: float = 4.0
     distill_task: str = "auto"       # 'classification' (KL), 'regression' (MSE), 'auto': by output width

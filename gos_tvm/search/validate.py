@@ -48,7 +48,8 @@ def check_float(name: str, value: Any, minimum: float, maximum: float = math.inf
 _OPTION_MINIMUM: dict[str, int] = {"trials": 1, "trials_per_task": 1, "max_rounds": 1, "kernel_trials": 1,
                                    "max_sites": 0, "tries_per_site": 1, "measure_per_site": 1, "depth": 1, "fit_steps": 0, "calib_samples": 2,
                                    "generations": 0, "population": 1, "repeat": 1, "seed": 0,
-                                   "distill_steps": 0, "final_distill_steps": 0}
+                                   "distill_steps": 0, "final_distill_steps": 0,
+                                   "distill_samples": 2, "distill_batch": 1}
 
 
 def check_options(options: Mapping[str, Any]):
@@ -227,7 +228,8 @@ def run_identity(model_fingerprint: str, device, options, calib: np.ndarray, eva
 
     A resumed run reuses the directory's measurements, scores and decisions, so any difference
     here is refused (`WorkDir` names the field): the model, the device and its target, the
-    calibration data (as used: the first `calib_samples`), the validation data and labels (or the
+    calibration data (as used: the first `calib_samples`, or `distill_samples` when more are
+    distilled on), the validation data and labels (or the
     score function), the accuracy budget and every search option.
     """
     identity: dict[str, Any] = {"model": model_fingerprint, "device": device.name, "target": str(device.target),
