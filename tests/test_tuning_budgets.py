@@ -419,3 +419,15 @@ def test_speedup_compares_minima_when_a_timing_is_not_stable():
     ratio, statistic = speedup({**original, "stable": True}, {**adapted, "stable": True})
     assert statistic == "median" and ratio == pytest.approx(0.413 / 0.466)
     assert speedup({**original, "stable": True}, adapted)[1] == "min"
+
+
+def test_tasks_are_batched_with_tasks_that_have_as_many_trials_left():
+    """A session batches every task at the smallest budget left in it: one task a trial short must
+    not make the others tune one candidate per batch (the adapted vgg-style model did, for 15 min)."""
+    from gos_tvm.hw.tuning.session import _batch_groups, _per_iter
+
+    plan = [("a", 64), ("b", 1), ("c", 48), ("d", 3), ("e", 1), ("f", 16)]
+    groups = _batch_groups(plan, 16)
+    assert groups == [[("a", 64), ("c", 48), ("f", 16)], [("d", 3)], [("b", 1), ("e", 1)]]
+    assert [_per_iter(g, 16) for g in groups] == [16, 3, 1]
+    assert sorted(sum(groups, [])) == sorted(plan)

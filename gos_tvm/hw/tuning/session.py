@@ -396,6 +396,21 @@ def _budgets(tasks: Sequence[Any], database: ms.database.Database, trials_per_ta
     return out
 
 
+def _batch_groups(plan: Sequence[tuple[Any, int]], trials_per_iter: int) -> list[list[tuple[Any, int]]]:
+    """`plan` split into sessions whose batch size (`_per_iter`) suits every task in them: the tasks
+    with at least a full batch left together, the others grouped by the trials they have left.
+
+    One session batches every task at the smallest budget left in it, so a single task one trial
+    short (a top-up, or a task a candidate's screening half tuned) made the whole adapted vgg-style
+    model tune in batches of one: 2-8 s of evolutionary search per measured candidate, about 20
+    trials/min for 15 minutes."""
+    full = [(t, left) for t, left in plan if left >= trials_per_iter]
+    groups = [full] if full else []
+    for n in sorted({left for _, left in plan if left < trials_per_iter}, reverse=True):
+        groups.append([(t, left) for t, left in plan if left == n])
+    return groups
+
+
 def _per_iter(plan: Sequence[tuple[Any, int]], trials_per_iter: int) -> int:
     """Candidates per batch: at most `trials_per_iter`, and no more than the smallest budget left."""
     return max(1, min(trials_per_iter, min(left for _, left in plan)))
@@ -452,11 +467,21 @@ def tune_tasks_per_task(tasks: Sequence[Any], target: Union[str, dict, Preset, t
     t0 = time.perf_counter()
 
     def session(plan: list[tuple[Any, int]], attempt: int = 0) -> set[str]:
-        """One MetaSchedule session over `plan`; the names of the tasks it found exhausted.  A top-up
-        (`attempt` > 0) samples with another seed: the same one can draw the same repeat again."""
+        """MetaSchedule sessions over `plan` (one per `_batch_groups` group); the names of the tasks
+        they found exhausted.  A top-up (`attempt` > 0) samples with another seed: the same one can
+        draw the same repeat again."""
+        exhausted: set[str] = set()
+        for group in _batch_groups(plan, trials_per_iter):
+            if max_seconds and time.perf_counter() - t0 >= max_seconds:
+                break  # the wall-clock bound holds for all the groups together
+            exhausted |= searched(group, attempt)
+        return exhausted
+
+    def searched(plan: list[tuple[Any, int]], attempt: int) -> set[str]:
         def run(tasks: list[tuple[Any, int]], search: Any) -> set[str]:
+            left_s = None if not max_seconds else max(1.0, max_seconds - (time.perf_counter() - t0))
             return set(_tune_plan(tasks, database, work_dir, builder, runner, cost_model, trials_per_iter, search,
-                                  None if seed is None else seed + attempt, max_seconds))
+                                  None if seed is None else seed + attempt, left_s))
 
         try:
             return run(plan, _strategy_for(strategy, cost_model, sum(left for _, left in plan),
