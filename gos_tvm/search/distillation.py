@@ -63,8 +63,8 @@ class SearchDistiller:
             return dict(choices)
         try:
             res = distill((search.mod, search.params), {c.site: (c.program, c.weights()) for c in replaced},
-                          search.distill_inputs, steps=steps, batch_size=opt.distill_batch, lr=opt.distill_lr, temperature=opt.distill_temperature,
-                          task=self.task, seed=opt.seed, checkpoint_dir=search.store.path / "distill", progress=False)
+                          search.distill_inputs, steps=steps, batch_size=opt.distill_batch, lr=opt.distill_lr,
+                          temperature=opt.distill_temperature, task=self.task, seed=opt.seed, checkpoint_dir=search.store.path / "distill", progress=False)
         except UnsupportedModelError as err:
             search.state["distillation"] = {"unavailable": f"{err}; candidates are judged by their layer-wise fit"}
             search.save()

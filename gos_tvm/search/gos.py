@@ -73,7 +73,7 @@ class GOSearch:
         self.opt = options
         self.analysis = graph.analyze(mod, self.params)
         self.sites = {s.id: s for s in self.analysis.sites}
-        used = self.distill_inputs if len(self.distill_inputs) > len(self.calib) else self.calib
+        used = calib_data[: max(len(self.calib), len(self.distill_inputs))]  # the longer prefix read
         identity = run_identity(fingerprint(mod, self.params), self.device, options, used, evaluate, accuracy_budget)
         self.store = WorkDir(work_dir, identity)
         self.state = self.store.load_state() or {"scores": {}, "candidates": {}, "decisions": {},

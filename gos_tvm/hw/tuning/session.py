@@ -401,7 +401,7 @@ def _batch_groups(plan: Sequence[tuple[Any, int]], trials_per_iter: int) -> list
     with at least a full batch left together, the others grouped by the trials they have left.
 
     One session batches every task at the smallest budget left in it, so a single task one trial
-    short (a top-up, or a task a candidate's screening half tuned) made the whole adapted vgg-style
+    short (left so by a repeated schedule, or by a top-up) made the whole adapted vgg-style
     model tune in batches of one: 2-8 s of evolutionary search per measured candidate, about 20
     trials/min for 15 minutes."""
     full = [(t, left) for t, left in plan if left >= trials_per_iter]
