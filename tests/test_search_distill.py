@@ -34,19 +34,19 @@ def trained():
     return mod, params, split
 
 
-def _search(trained, work, distill: bool) -> GOSearch:
+def _search(trained, work, distill: bool, **options) -> GOSearch:
     mod, params, split = trained
     # Cheap candidates (<= 30% of a site's FLOPs) with a short layer-wise fit: some miss the budget.
     opts = SearchOptions(max_sites=2, tries_per_site=2, measure_per_site=1, fit_steps=10, calib_samples=192,
                          generations=0, kernel_trials=1, trials=1, max_flops_ratio=0.3, distill=distill,
-                         distill_steps=40, final_distill_steps=80)
+                         distill_steps=40, final_distill_steps=80, **options)
     return GOSearch(mod, params, "local", calib_data=split.x_train,
                     evaluate=classification_eval(split.x_val, split.y_val), accuracy_budget=0.02, work_dir=work,
                     options=opts, measurer=FakeMeasurer())
 
 
 def test_candidates_rejected_by_their_layerwise_fit_are_judged_after_distillation(trained, tmp_path):
-    search = _search(trained, tmp_path, distill=True)
+    search = _search(trained, tmp_path, distill=True, distill_samples=800)
     out = search.run()
     tried = [t for d in out.decisions for t in d.tried]
     assert tried
@@ -58,9 +58,15 @@ def test_candidates_rejected_by_their_layerwise_fit_are_judged_after_distillatio
     assert judged, "no candidate missed the budget by its layer-wise fit: the test does not exercise distillation"
     assert any(t["score"] > t["layerwise_score"] for t in judged), judged  # distillation recovers accuracy
     assert out.distillation["enabled"] and out.distillation["task"] == "classification"
-    # Layer-wise fits use the first calib_samples inputs; distillation trains on all the inputs given.
+    # Layer-wise fits use the first calib_samples inputs, the judged candidates' distillations the first
+    # distill_samples, the chosen configuration's all the inputs given.
     _, _, split = trained
-    assert len(search.calib) == 192 and out.distillation["inputs"] == len(split.x_train) > 192
+    assert len(search.calib) == 192 and out.distillation["inputs"] == 800
+    assert out.distillation["final_inputs"] == len(split.x_train) > 800
+    runs = search.state["distilled"]  # keyed by the steps asked for, then the configuration
+    assert {r["inputs"] for key, r in runs.items() if key.startswith("40:")} == {800}
+    assert any(c for c in out.chosen.choices.values()), "nothing replaced: the final distillation is not exercised"
+    assert [r["inputs"] for key, r in runs.items() if key.startswith("80:")] == [len(split.x_train)]
     assert out.distillation["candidates_judged_by_distillation"] == len(judged)
     # The score reported for the chosen configuration is the score of the weights handed back.
     chosen = [out.candidates[c] for c in out.chosen.choices.values() if c is not None]

@@ -257,8 +257,9 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
             `torch.nn.Module` (imported with `example_inputs`, default `calib_data[:1]`).
         target: a device preset name ('local', 'rasp3b', 'rasp3b-aarch64', 'redmi-note-7s') or Preset.
         calib_data: model inputs (N, ...) whose activations the replacements are fitted to (the
-            first `calib_samples`) and on which they are distilled (the first `distill_samples`):
-            give all the training inputs you have; no labels are needed.
+            first `calib_samples`) and on which they are distilled (the first `distill_samples`
+            while candidates are judged, all of them for the chosen configuration): give all the
+            training inputs you have; no labels are needed.
         val_data: (x, y) for classification accuracy; or `eval_fn(predict) -> score` (higher is
             better; e.g. minus the mean absolute error) where predict maps inputs to outputs.
         accuracy_budget: the largest allowed drop of the score (0.01 = one percentage point).
@@ -296,7 +297,9 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
             max_spread, max_rounds: the end-to-end timings repeat in rounds of `repeat` until their
             spread is at most `max_spread`, at most `max_rounds` rounds; distillation: distill
             (default True; False keeps layer-wise fitting only), distill_steps, final_distill_steps,
-            distill_samples (the first that many of `calib_data` are distilled on), distill_batch,
+            distill_samples (the first that many of `calib_data` are distilled on while candidates
+            are judged), final_distill_samples (the chosen configuration's; default None: all),
+            distill_batch,
             distill_lr, distill_temperature, distill_task).
 
     Raises:

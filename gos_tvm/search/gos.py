@@ -67,13 +67,14 @@ class GOSearch:
         self.calib = calib_data[: options.calib_samples]
         # Distillation's inputs (no labels: the original's outputs are its targets).
         self.distill_inputs = calib_data[: options.distill_samples] if options.distill else self.calib
+        self.final_distill_inputs = calib_data[: options.final_distill_samples] if options.distill else self.calib
         self.evaluate_fn = evaluate
         self.budget = float(accuracy_budget)
         self.tracker, self.key = tracker, key  # set by `tune` once the device pool is up
         self.opt = options
         self.analysis = graph.analyze(mod, self.params)
         self.sites = {s.id: s for s in self.analysis.sites}
-        used = calib_data[: max(len(self.calib), len(self.distill_inputs))]  # the longer prefix read
+        used = calib_data[: max(map(len, (self.calib, self.distill_inputs, self.final_distill_inputs)))]  # the longest prefix read
         identity = run_identity(fingerprint(mod, self.params), self.device, options, used, evaluate, accuracy_budget)
         self.store = WorkDir(work_dir, identity)
         self.state = self.store.load_state() or {"scores": {}, "candidates": {}, "decisions": {},

@@ -49,7 +49,7 @@ _OPTION_MINIMUM: dict[str, int] = {"trials": 1, "trials_per_task": 1, "max_round
                                    "max_sites": 0, "tries_per_site": 1, "measure_per_site": 1, "depth": 1, "fit_steps": 0, "calib_samples": 2,
                                    "generations": 0, "population": 1, "repeat": 1, "seed": 0,
                                    "distill_steps": 0, "final_distill_steps": 0,
-                                   "distill_samples": 2, "distill_batch": 1}
+                                   "distill_samples": 2, "final_distill_samples": 2, "distill_batch": 1}
 
 
 def check_options(options: Mapping[str, Any]):
@@ -71,7 +71,8 @@ def check_options(options: Mapping[str, Any]):
             if value is not None:
                 check_float(name, value, 0.0, min_exclusive=True)
         elif name in _OPTION_MINIMUM:
-            check_int(name, value, _OPTION_MINIMUM[name], allow_none=name in ("max_sites", "trials", "trials_per_task", "kernel_trials"))
+            check_int(name, value, _OPTION_MINIMUM[name], allow_none=name in ("max_sites", "trials", "trials_per_task", "kernel_trials",
+                                                                                "final_distill_samples"))
     return SearchOptions(**options)
 
 
@@ -228,8 +229,8 @@ def run_identity(model_fingerprint: str, device, options, calib: np.ndarray, eva
 
     A resumed run reuses the directory's measurements, scores and decisions, so any difference
     here is refused (`WorkDir` names the field): the model, the device and its target, the
-    calibration data (as used: the first `calib_samples`, or `distill_samples` when more are
-    distilled on), the validation data and labels (or the
+    calibration data (as used: the longest of the first `calib_samples`, `distill_samples` and
+    `final_distill_samples`), the validation data and labels (or the
     score function), the accuracy budget and every search option.
     """
     identity: dict[str, Any] = {"model": model_fingerprint, "device": device.name, "target": str(device.target),
