@@ -9,6 +9,7 @@ import torch
 from gos_tvm import graph, models
 from gos_tvm.search import FakeMeasurer, GOSearch, SearchOptions
 from gos_tvm.search.adapt import build_adapted, predictor
+from gos_tvm.search.strategies import config_key
 from gos_tvm.search.validate import classification_eval
 
 
@@ -67,6 +68,15 @@ def test_candidates_rejected_by_their_layerwise_fit_are_judged_after_distillatio
     assert {r["inputs"] for key, r in runs.items() if key.startswith("40:")} == {800}
     assert any(c for c in out.chosen.choices.values()), "nothing replaced: the final distillation is not exercised"
     assert [r["inputs"] for key, r in runs.items() if key.startswith("80:")] == [len(split.x_train)]
+    # The final distillation is judged by its validation score, and kept when it is no worse.
+    (final,) = [r["choices"] for key, r in runs.items() if key.startswith("80:")]
+    final_score = search.state["scores"][config_key(final)]
+    picked = out.distillation["final"]
+    if picked is not None:
+        assert picked["to"] == out.chosen.key and config_key(out.chosen.choices) == config_key(final)
+        assert picked["score_after"] == final_score >= picked["score_before"]
+    else:
+        assert final_score < out.adapted_score
     assert out.distillation["candidates_judged_by_distillation"] == len(judged)
     # The score reported for the chosen configuration is the score of the weights handed back.
     chosen = [out.candidates[c] for c in out.chosen.choices.values() if c is not None]

@@ -102,9 +102,10 @@ class SearchDistiller:
         at least as well on the validation data.  Returns (chosen, configurations, Pareto front)."""
         search = self.search
         variant = self.configuration(chosen.choices, search.opt.final_distill_steps, search.final_distill_inputs)
+        search.score(variant)  # a configuration is compared by its score on the validation data
         configs = search.configurations()
         front = pareto_front(configs)
-        distilled = next((c for c in configs if c.key == config_key(variant)), None)
+        distilled = next((c for c in configs if config_key(c.choices) == config_key(variant)), None)
         if distilled is not None and distilled.accuracy >= chosen.accuracy:
             search.state["final_distillation"] = {"from": chosen.key, "to": distilled.key,
                                                   "score_before": chosen.accuracy, "score_after": distilled.accuracy}
