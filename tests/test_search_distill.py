@@ -2,6 +2,9 @@
 and every accuracy check are real: TVM-compiled configurations scored on held-out digits)."""
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -38,9 +41,9 @@ def trained():
 def _search(trained, work, distill: bool, **options) -> GOSearch:
     mod, params, split = trained
     # Cheap candidates (<= 30% of a site's FLOPs) with a short layer-wise fit: some miss the budget.
-    opts = SearchOptions(max_sites=2, tries_per_site=2, measure_per_site=1, fit_steps=10, calib_samples=192,
-                         generations=0, kernel_trials=1, trials=1, max_flops_ratio=0.3, distill=distill,
-                         distill_steps=40, final_distill_steps=80, **options)
+    opts = SearchOptions(**{**dict(max_sites=2, tries_per_site=2, measure_per_site=1, fit_steps=10, calib_samples=192,
+                                   generations=0, kernel_trials=1, trials=1, max_flops_ratio=0.3, distill=distill,
+                                   distill_steps=40, final_distill_steps=80), **options})
     return GOSearch(mod, params, "local", calib_data=split.x_train,
                     evaluate=classification_eval(split.x_val, split.y_val), accuracy_budget=0.02, work_dir=work,
                     options=opts, measurer=FakeMeasurer())
@@ -109,3 +112,32 @@ def test_the_inputs_distillation_trains_on_are_part_of_the_work_directorys_ident
     with pytest.raises(ValueError, match="calib_data"):
         GOSearch(mod, params, "local", calib_data=changed, evaluate=classification_eval(split.x_val, split.y_val),
                  accuracy_budget=0.02, work_dir=tmp_path, options=first.opt, measurer=FakeMeasurer())
+
+
+def test_a_second_round_starts_from_the_final_distillation_on_the_sites_still_kept(trained, tmp_path):
+    """rounds=2 resumes a finished one-round directory: the second round runs the strategies from the
+    chosen, distilled configuration, on the sites it kept, and the choice stays within the budget."""
+    first = _search(trained, tmp_path, distill=True, distill_samples=800, max_sites=None)
+    one = first.run()
+    (r1,) = first.state["rounds"]
+    assert r1["chosen"] == one.chosen.key and r1["score"] == one.adapted_score
+    kept = sorted(s for s, c in one.chosen.choices.items() if c is None)
+    assert kept and one.adapted_score > one.original_score - 0.02, "no budget or site left: round 2 is not exercised"
+
+    mod, params, split = trained
+    second = GOSearch(mod, params, "local", calib_data=split.x_train,
+                      evaluate=classification_eval(split.x_val, split.y_val), accuracy_budget=0.02,
+                      work_dir=tmp_path, options=dataclasses.replace(first.opt, rounds=2), measurer=FakeMeasurer())
+    two = second.run()
+    rounds = second.state["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[0] == r1  # round 1 is not searched again
+    assert second.state["greedy_done@round1"] == kept            # round 2 visits only the sites kept
+    assert second.state["greedy_done"] == first.state["greedy_done"]
+    assert two.chosen.key == rounds[1]["chosen"] and two.distillation["rounds"] == rounds
+    assert two.adapted_score >= two.original_score - 0.02
+    # Round 2 judged its candidates in the distilled configuration of round 1.
+    replaced_before = {s: c for s, c in one.chosen.choices.items() if c is not None}
+    extended = [c for c in map(json.loads, second.state["scores"])
+                if set(c) - set(replaced_before) and all(c.get(s) == k for s, k in replaced_before.items())]
+    assert extended, "round 2 scored no configuration that extends round 1's choice"
+    assert all(set(c) - set(replaced_before) <= set(kept) for c in extended)

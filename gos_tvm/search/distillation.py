@@ -101,14 +101,27 @@ class SearchDistiller:
         """The longer distillation of the chosen configuration: its variant replaces it when it scores
         at least as well on the validation data.  Returns (chosen, configurations, Pareto front)."""
         search = self.search
-        variant = self.configuration(chosen.choices, search.opt.final_distill_steps, search.final_distill_inputs)
-        search.score(variant)  # a configuration is compared by its score on the validation data
+        runs = search.state.get("distilled", {}).values()
+        # A chosen configuration that is a kept final distillation (a resumed run; a later round that
+        # added nothing) is not distilled again.
+        done = next((r["final"] for r in runs if "final" in r and config_key(r["choices"]) == config_key(chosen.choices)), None)
+        if done is None:
+            variant = self.configuration(chosen.choices, search.opt.final_distill_steps, search.final_distill_inputs)
+            search.score(variant)  # a configuration is compared by its score on the validation data
         configs = search.configurations()
         front = pareto_front(configs)
+        if done is not None:
+            search.state["final_distillation"] = done
+            return chosen, configs, front
         distilled = next((c for c in configs if config_key(c.choices) == config_key(variant)), None)
         if distilled is not None and distilled.accuracy >= chosen.accuracy:
-            search.state["final_distillation"] = {"from": chosen.key, "to": distilled.key,
-                                                  "score_before": chosen.accuracy, "score_after": distilled.accuracy}
+            record = {"from": chosen.key, "to": distilled.key, "score_before": chosen.accuracy,
+                      "score_after": distilled.accuracy}
+            search.state["final_distillation"] = record
+            for r in runs:
+                if config_key(r["choices"]) == config_key(variant):
+                    r["final"] = record
+            search.save()
             chosen = distilled
         return chosen, configs, front
 
@@ -126,6 +139,7 @@ class SearchDistiller:
                 "candidates_judged_by_distillation": len(judged),
                 "accepted_after_distillation": sum(t["verdict"] == "accurate" for t in judged),
                 "runs": len(search.state.get("distilled", {})), "final": search.state.get("final_distillation"),
+                "rounds": search.state.get("rounds", []),
                 "final_steps": opt.final_distill_steps}
 
 

@@ -6,7 +6,9 @@
     2. complexity   each site's share of the tuned original: the tuned tasks that replacing it
                     removes from the model (fused epilogue and layout included; nothing is tuned).
     3. strategies   choose per-site replacements (`strategies.py`; by default greedy least-
-                    efficient-first with bisection of the latency model's ranking, then evolution).
+                    efficient-first with bisection of the latency model's ranking, then evolution);
+                    with `rounds` > 1, again from the chosen configuration after its final
+                    distillation (step 4), on the sites still kept.
     4. final        Pareto front of (latency, accuracy); the fastest configuration within the
                     accuracy budget (after a longer end-to-end distillation, `distillation.py`) is
                     tuned with the same per-task budget as the original (its unchanged tasks are in
@@ -92,6 +94,7 @@ class GOSearch:
         self.warm_start_database = check_database_dir(warm_start_database)
         self._measurer = measurer
         self._programs: dict[str, OpProgram] = {}
+        self.round = 0  # the search round the strategies run in (`_rounds`; `strategies.round_key`)
         self.distiller = SearchDistiller(self)
         # Set by `run` before the strategies start.
         self.original_score = math.nan
@@ -343,18 +346,9 @@ class GOSearch:
             self.save()
             bar.update()
 
-            choices: dict[str, str | None] = {}
-            for strategy in self.strategies:
-                bar.set_postfix_str(f"{strategy.name}: choose replacements")
-                choices = strategy.run(self, choices)
-                bar.update()
+            chosen, configs, front = self._rounds(bar)
 
             bar.set_postfix_str("final: tune + measure the chosen configuration")
-            configs = self.configurations()
-            front = pareto_front(configs)
-            chosen = choose(front, self.floor)
-            if any(chosen.choices.values()) and self.distiller.enabled and self.opt.final_distill_steps > 0:
-                chosen, configs, front = self.distiller.final(chosen)
             self._sync_decisions(chosen)
             adapted = self.baseline
             if any(chosen.choices.values()):
@@ -376,6 +370,40 @@ class GOSearch:
             distillation=self.distiller.summary(),
             seconds=time.perf_counter() - t0, device_measurements=len(self.store.measurements),
             new_measurements=list(self.store.new_measurements))
+
+    def _rounds(self, bar) -> tuple[Configuration, list[Configuration], list[Configuration]]:
+        """The strategies, then the chosen configuration's final distillation, in up to `rounds`
+        rounds: the final distillation recovers accuracy, and the next round starts from the
+        distilled configuration and spends what is left of the budget on the sites still kept.
+        Stops early when a round replaces nothing new or no site is left.  Returns (chosen,
+        configurations, Pareto front)."""
+        choices: dict[str, str | None] = {}
+        rounds = self.state.setdefault("rounds", [])
+        for self.round in range(self.opt.rounds):
+            if self.round:
+                if not (chosen.accuracy > self.floor and any(c is None for c in chosen.choices.values())):
+                    break
+                choices = {s: c for s, c in chosen.choices.items() if c is not None}
+                bar.total += len(self.strategies)
+            for strategy in self.strategies:
+                bar.set_postfix_str(f"{strategy.name}: choose replacements" + (f" (round {self.round + 1})" if self.round else ""))
+                choices = strategy.run(self, choices)
+                bar.update()
+            configs = self.configurations()
+            front = pareto_front(configs)
+            before = chosen.key if self.round else None
+            chosen = choose(front, self.floor)
+            self.state.pop("final_distillation", None)  # the report's is the last round's
+            if any(chosen.choices.values()) and self.distiller.enabled and self.opt.final_distill_steps > 0:
+                chosen, configs, front = self.distiller.final(chosen)
+            entry = {"round": self.round + 1, "chosen": chosen.key, "score": chosen.accuracy,
+                     "replaced": sum(c is not None for c in chosen.choices.values()),
+                     "final_distillation": self.state.get("final_distillation")}
+            rounds[self.round:] = [entry]
+            self.save()
+            if chosen.key == before:
+                break
+        return chosen, configs, front
 
     def _sync_decisions(self, chosen: Configuration) -> None:
         """Decisions name the candidate keys of the chosen configuration (distillation renames them).

@@ -40,6 +40,9 @@ class SearchOptions:
     fit_steps: int = 150
     calib_samples: int = 256
     generations: int = 2
+    # Search rounds: the chosen configuration's final distillation recovers accuracy, and a further
+    # round runs the strategies again from it, on the sites still kept, within the same budget.
+    rounds: int = 1
     population: int = 4
     repeat: int = 10                 # end-to-end timings per round
     max_spread: float = 0.05         # rounds repeat until (p75 - p25) / median of all timings is below this

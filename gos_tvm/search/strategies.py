@@ -74,18 +74,19 @@ class GreedyLeastEfficientFirst(SearchStrategy):
 
     def run(self, search: "GOSearch", choices: Mapping[str, str | None]) -> Choices:
         opt = search.opt
-        choices = {**choices, **search.state.get("greedy_choices", {})}
+        choices = {**choices, **search.state.get(round_key(search, "greedy_choices"), {})}
         site_lat = search.site_latency
         order = sorted(search.sites, key=lambda s: -site_lat[s] if math.isfinite(site_lat[s]) else 0)
         if opt.max_sites is not None:
             order = order[: opt.max_sites]
-        done = set(search.state.get("greedy_done", []))
+        order = [s for s in order if choices.get(s) is None]  # a later round: the sites still kept
+        done = set(search.state.get(round_key(search, "greedy_done"), []))
         for site_id in tqdm(order, desc="sites", leave=False):
             if site_id not in done:
                 self._site(search, site_id, choices)
                 done.add(site_id)
-                search.state["greedy_done"] = sorted(done)
-                search.state["greedy_choices"] = choices
+                search.state[round_key(search, "greedy_done")] = sorted(done)
+                search.state[round_key(search, "greedy_choices")] = choices
                 search.save()
         return choices
 
@@ -176,9 +177,10 @@ class Evolution(SearchStrategy):
             return dict(choices)
         rng = random.Random(opt.seed)
         population = [dict(choices)]
+        generations = round_key(search, "generations")
         for gen in tqdm(range(opt.generations), desc="evolution", leave=False):
-            if str(gen) in search.state.get("generations", {}):
-                population = [dict(c) for c in search.state["generations"][str(gen)]]
+            if str(gen) in search.state.get(generations, {}):
+                population = [dict(c) for c in search.state[generations][str(gen)]]
                 continue
             children = []
             for _ in range(opt.population):
@@ -192,7 +194,7 @@ class Evolution(SearchStrategy):
             ranked = sorted({config_key(c): c for c in population + children}.values(),
                             key=lambda c: self.fitness(search, c))
             population = ranked[: max(2, opt.population // 2)]
-            search.state.setdefault("generations", {})[str(gen)] = population
+            search.state.setdefault(generations, {})[str(gen)] = population
             search.save()
         return dict(population[0]) if population else dict(choices)
 
@@ -200,6 +202,12 @@ class Evolution(SearchStrategy):
     def fitness(search: "GOSearch", choices: Mapping[str, str | None]) -> tuple:
         acc = search.score(choices)
         return (acc < search.floor, search.estimate(choices), -acc)
+
+
+def round_key(search: "GOSearch", name: str) -> str:
+    """Where a strategy keeps its progress in `search.state` during the search's current round (the
+    first round's keys are the names themselves, as before rounds)."""
+    return name if search.round == 0 else f"{name}@round{search.round}"
 
 
 def config_key(choices: Mapping[str, str | None]) -> str:
@@ -214,5 +222,5 @@ def default_strategies() -> list[SearchStrategy]:
     return [GreedyLeastEfficientFirst(), Evolution()]
 
 
-__all__ = ["SearchStrategy", "GreedyLeastEfficientFirst", "Evolution", "bisect_cheapest", "config_key",
+__all__ = ["SearchStrategy", "GreedyLeastEfficientFirst", "Evolution", "bisect_cheapest", "config_key", "round_key",
            "default_strategies"]

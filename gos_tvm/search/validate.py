@@ -47,7 +47,7 @@ def check_float(name: str, value: Any, minimum: float, maximum: float = math.inf
 #: An option missing here is passed on unchecked.
 _OPTION_MINIMUM: dict[str, int] = {"trials": 1, "trials_per_task": 1, "max_rounds": 1, "kernel_trials": 1,
                                    "max_sites": 0, "tries_per_site": 1, "measure_per_site": 1, "depth": 1, "fit_steps": 0, "calib_samples": 2,
-                                   "generations": 0, "population": 1, "repeat": 1, "seed": 0,
+                                   "generations": 0, "rounds": 1, "population": 1, "repeat": 1, "seed": 0,
                                    "distill_steps": 0, "final_distill_steps": 0,
                                    "distill_samples": 2, "final_distill_samples": 2, "distill_batch": 1}
 
@@ -220,7 +220,8 @@ def score_identity(eval_fn: Callable) -> str:
 
 
 #: Options a work directory may be resumed with changed (the state records each run's budgets).
-RESUMABLE_OPTIONS = ("trials", "trials_per_task", "time_budget")
+#: A later round starts from what the earlier ones chose, so a rerun with more `rounds` continues.
+RESUMABLE_OPTIONS = ("trials", "trials_per_task", "time_budget", "rounds")
 
 
 def run_identity(model_fingerprint: str, device, options, calib: np.ndarray, eval_fn: Callable,
