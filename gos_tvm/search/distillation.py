@@ -118,7 +118,7 @@ class SearchDistiller:
             record = {"from": chosen.key, "to": distilled.key, "score_before": chosen.accuracy,
                       "score_after": distilled.accuracy}
             search.state["final_distillation"] = record
-            for r in runs:
+            for r in search.state["distilled"].values():  # not `runs`: the state may have had none before
                 if config_key(r["choices"]) == config_key(variant):
                     r["final"] = record
             search.save()
