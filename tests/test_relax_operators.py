@@ -56,9 +56,11 @@ def _programs() -> list[tuple[str, OpProgram]]:
     return out
 
 
-# Channels-last checks every fourth program in the default tier (the operators themselves always),
+# The default tier checks every second program channels-first and every fourth channels-last (the
+# operators themselves always),
 # all of them in the slow tier: the default tier must stay under ~15 minutes on CI's 2 cores.
-@pytest.mark.parametrize("layout, every", [("NCHW", 1), ("NHWC", 4), pytest.param("NHWC", 1, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("layout, every", [("NCHW", 2), ("NHWC", 4), pytest.param("NCHW", 1, marks=pytest.mark.slow),
+                                           pytest.param("NHWC", 1, marks=pytest.mark.slow)])
 def test_relax_operator_stages_compute_the_program(layout, every):
     checked, as_operators = 0, 0
     for i, (label, program) in enumerate(_programs()):

@@ -69,6 +69,7 @@ class TinyNet(torch.nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+@pytest.mark.slow  # two whole searches (98 s in CI); test_kernel_tuning_twice_... keeps the handler check in the default tier
 def test_gos_tune_twice_in_one_process_with_different_work_dirs(foreign, tmp_path):
     split = models.digits(size=8)
     torch.manual_seed(0)
