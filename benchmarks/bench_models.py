@@ -262,7 +262,7 @@ def bench_torch_compile(model, x1: torch.Tensor, ref: torch.Tensor, repeats: int
         return na(f"{type(err).__name__}: {msg[0][:300] if msg else ''}")
 
 
-def distill_options(args: argparse.Namespace) -> dict[str, int]:
+def search_options(args: argparse.Namespace) -> dict[str, int]:
     """The distillation budgets and search rounds given on the command line (the others stay
     gos_tvm's defaults)."""
     return {k: getattr(args, k) for k in ("distill_steps", "final_distill_steps", "rounds") if getattr(args, k) is not None}
@@ -335,7 +335,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
         result = gos_tvm.tune(mod, device, params=params, calib_data=split.x_train,
                               val_data=(split.x_val, split.y_val), accuracy_budget=args.budget,
                               trials_per_task=args.trials_per_task, kernel_trials=args.kernel_trials,
-                              max_sites=args.max_sites, seed=args.seed, **distill_options(args),
+                              max_sites=args.max_sites, seed=args.seed, **search_options(args),
                               warm_start_database=warm_start_databases(args).get(name),
                               work_dir=work / (f"gos_{tag}" + ("" if args.layout == "NCHW" else f"-{args.layout.lower()}")))
     tune_wall = time.time() - t0

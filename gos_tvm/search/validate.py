@@ -56,7 +56,7 @@ def check_options(options: Mapping[str, Any]):
     """The `SearchOptions` of a run, each budget and count checked (UserError names the bad one)."""
     from .gos import SearchOptions
 
-    fields = list(SearchOptions.__dataclass_fields__)
+    fields = SearchOptions.__dataclass_fields__
     unknown = sorted(set(options) - set(fields))
     if unknown:
         raise UserError(f"unknown option(s) {unknown}; the options are: {', '.join(fields)}")
@@ -71,8 +71,8 @@ def check_options(options: Mapping[str, Any]):
             if value is not None:
                 check_float(name, value, 0.0, min_exclusive=True)
         elif name in _OPTION_MINIMUM:
-            check_int(name, value, _OPTION_MINIMUM[name], allow_none=name in ("max_sites", "trials", "trials_per_task", "kernel_trials",
-                                                                                "final_distill_samples"))
+            # An option whose default is None (no limit, or derived) accepts None.
+            check_int(name, value, _OPTION_MINIMUM[name], allow_none=fields[name].default is None)
     return SearchOptions(**options)
 
 
