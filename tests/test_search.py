@@ -271,4 +271,4 @@ def test_a_configuration_measured_slower_falls_back_to_the_original():
                           {"median_s": 1e-3, "min_s": 0.8e-3, "stable": False})
     assert "measured 1.100 ms end to end (min), not faster than the original's 0.800 ms" in \
         state["decisions"]["conv2"]["reason"]
-    assert state["fallback"]["rejected"] == chosen.key
+    assert state["fallback"]["rejected"] == chosen.label

@@ -12,7 +12,7 @@ import torch
 from gos_tvm import graph, models
 from gos_tvm.search import FakeMeasurer, GOSearch, SearchOptions
 from gos_tvm.search.adapt import build_adapted, predictor
-from gos_tvm.search.strategies import config_key
+from gos_tvm.search.pareto import config_key
 from gos_tvm.search.validate import classification_eval
 
 
@@ -76,7 +76,7 @@ def test_candidates_rejected_by_their_layerwise_fit_are_judged_after_distillatio
     final_score = search.state["scores"][config_key(final)]
     picked = out.distillation["final"]
     if picked is not None:
-        assert picked["to"] == out.chosen.key and config_key(out.chosen.choices) == config_key(final)
+        assert picked["to"] == out.chosen.label and config_key(out.chosen.choices) == config_key(final)
         assert picked["score_after"] == final_score >= picked["score_before"]
     else:
         assert final_score < out.adapted_score
@@ -120,7 +120,7 @@ def test_a_second_round_starts_from_the_final_distillation_on_the_sites_still_ke
     first = _search(trained, tmp_path, distill=True, distill_samples=800, max_sites=None)
     one = first.run()
     (r1,) = first.state["rounds"]
-    assert r1["chosen"] == one.chosen.key and r1["score"] == one.adapted_score
+    assert r1["chosen"] == one.chosen.label and r1["score"] == one.adapted_score
     kept = sorted(s for s, c in one.chosen.choices.items() if c is None)
     assert kept and one.adapted_score > one.original_score - 0.02, "no budget or site left: round 2 is not exercised"
 
@@ -133,7 +133,7 @@ def test_a_second_round_starts_from_the_final_distillation_on_the_sites_still_ke
     assert [r["round"] for r in rounds] == [1, 2] and rounds[0] == r1  # round 1 is not searched again
     assert second.state["greedy_done@round1"] == kept            # round 2 visits only the sites kept
     assert second.state["greedy_done"] == first.state["greedy_done"]
-    assert two.chosen.key == rounds[1]["chosen"] and two.distillation["rounds"] == rounds
+    assert two.chosen.label == rounds[1]["chosen"] and two.distillation["rounds"] == rounds
     assert two.adapted_score >= two.original_score - 0.02
     # Round 2 judged its candidates in the distilled configuration of round 1.
     replaced_before = {s: c for s, c in one.chosen.choices.items() if c is not None}

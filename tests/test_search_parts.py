@@ -11,7 +11,7 @@ import torch
 from gos_tvm import graph, models
 from gos_tvm.search import (Evolution, FakeMeasurer, GOSearch, GreedyLeastEfficientFirst, SearchOptions,
                             SearchStrategy)
-from gos_tvm.search.pareto import Configuration, choose, pareto_front
+from gos_tvm.search.pareto import Configuration, choose, config_key, pareto_front
 from gos_tvm.search.strategies import bisect_cheapest
 
 OPTIONS = dict(max_sites=2, tries_per_site=3, measure_per_site=2, fit_steps=20, calib_samples=16, generations=1,
@@ -60,6 +60,10 @@ def test_pareto_front_and_choice_within_budget():
     assert choose(front, floor=0.88) is mid
     assert choose(front, floor=0.90) is original
     assert choose(front, floor=0.0) is fast_bad
+    # One identity per configuration, whatever lists its kept sites; the label is for people only.
+    listed, unlisted = Configuration({"a": "x", "b": None}, 1.0, 0.9), Configuration({"a": "x"}, 1.0, 0.9)
+    assert listed.key == unlisted.key == config_key({"a": "x"}) and listed.label == "a=x,b=-"
+    assert len(pareto_front([listed, unlisted])) == 1
 
 
 # ------------------------------------------------------------------------------------ the loop on a fake device

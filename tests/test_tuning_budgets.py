@@ -388,10 +388,10 @@ def test_measurement_repeats_then_says_it_is_not_stable():
     assert stats["rounds"] == 2 and stats["stable"]
 
 
-def test_default_budgets_tune_models_to_convergence_and_screen_candidates_cheaper(small, tmp_path):
-    """Defaults: both models of a speed-up at DEFAULT_TRIALS_PER_TASK per task; candidates screened at
-    DEFAULT_KERNEL_TRIALS, never more than the models' own per-task budget; an explicit value wins."""
-    from gos_tvm.search.results import DEFAULT_KERNEL_TRIALS, DEFAULT_TRIALS_PER_TASK
+def test_default_budgets_tune_models_and_candidates_to_the_same_per_task_budget(small, tmp_path):
+    """Defaults: both models of a speed-up at DEFAULT_TRIALS_PER_TASK per task, and candidates screened
+    at the same budget as the original tasks they are compared with; an explicit value wins."""
+    from gos_tvm.search.results import DEFAULT_TRIALS_PER_TASK
 
     mod, params, x, y = small
 
@@ -400,10 +400,11 @@ def test_default_budgets_tune_models_to_convergence_and_screen_candidates_cheape
                         work_dir=tmp_path / str(len(list(tmp_path.iterdir()))), measurer=FakeMeasurer(),
                         options=SearchOptions(**opts))
 
-    assert DEFAULT_KERNEL_TRIALS < DEFAULT_TRIALS_PER_TASK
     default = search()
-    assert (default.trials_per_task, default.candidate_trials) == (DEFAULT_TRIALS_PER_TASK, DEFAULT_KERNEL_TRIALS)
+    assert (default.trials_per_task, default.candidate_trials) == (DEFAULT_TRIALS_PER_TASK, DEFAULT_TRIALS_PER_TASK)
     assert search(trials_per_task=4).candidate_trials == 4
+    whole_model = search(trials=1000)  # the former whole-model total, spread over the original's tasks
+    assert whole_model.candidate_trials == whole_model.trials_per_task < 1000
     assert search(trials_per_task=32, kernel_trials=24).candidate_trials == 24
 
 

@@ -274,9 +274,10 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
             it is spread evenly, ceil(trials / tasks of the original model) per task.
         time_budget: optional wall-clock bound (s) on each whole-model tuning session.
         kernel_trials: trials for each new task a candidate brings into the model (its kernel fused
-            as the model runs it) while candidates are screened; default None:
-            `DEFAULT_KERNEL_TRIALS` (16), at most `trials_per_task`.  The chosen candidates' tasks
-            are tuned to `trials_per_task` with the adapted model.
+            as the model runs it) while candidates are screened; default None: `trials_per_task`,
+            the budget of the original tasks a candidate is compared with.  A smaller value screens
+            faster but judges candidates against better-tuned originals; the chosen candidates'
+            tasks are then tuned to `trials_per_task` with the adapted model.
         work_dir: where everything is kept; rerunning with the same arguments resumes.  A work
             directory of another run (another model, calibration or validation data, device,
             accuracy budget or option, e.g. a larger `trials`) is refused untouched: tune with

@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="wall-clock seconds bound on each whole-model tuning session")
     p.add_argument("--kernel-trials", type=int, default=None,
                    help="trials for each new task a candidate brings into the model while candidates are screened "
-                        "(default 16, at most --trials-per-task; the chosen ones are tuned to --trials-per-task)")
+                        "(default: the per-task budget of the models, so a candidate is compared with original tasks "
+                        "tuned as much; less screens faster)")
     p.add_argument("--budget", type=float, default=0.01, help="allowed accuracy drop (default 0.01 = 1 point)")
     p.add_argument("--max-sites", type=int, default=None, help="replace at most this many sites")
     p.add_argument("--work-dir", default="gos_work", help="work directory (rerun to resume; default gos_work)")

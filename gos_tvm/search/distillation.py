@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from .pareto import Configuration, pareto_front
-from .strategies import config_key
+from .pareto import Configuration, config_key, pareto_front
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gos import GOSearch
@@ -104,7 +103,7 @@ class SearchDistiller:
         runs = search.state.get("distilled", {}).values()
         # A chosen configuration that is a kept final distillation (a resumed run; a later round that
         # added nothing) is not distilled again.
-        done = next((r["final"] for r in runs if "final" in r and config_key(r["choices"]) == config_key(chosen.choices)), None)
+        done = next((r["final"] for r in runs if "final" in r and config_key(r["choices"]) == chosen.key), None)
         if done is None:
             variant = self.configuration(chosen.choices, search.opt.final_distill_steps, search.final_distill_inputs)
             search.score(variant)  # a configuration is compared by its score on the validation data
@@ -113,9 +112,9 @@ class SearchDistiller:
         if done is not None:
             search.state["final_distillation"] = done
             return chosen, configs, front
-        distilled = next((c for c in configs if config_key(c.choices) == config_key(variant)), None)
+        distilled = next((c for c in configs if c.key == config_key(variant)), None)
         if distilled is not None and distilled.accuracy >= chosen.accuracy:
-            record = {"from": chosen.key, "to": distilled.key, "score_before": chosen.accuracy,
+            record = {"from": chosen.label, "to": distilled.label, "score_before": chosen.accuracy,
                       "score_after": distilled.accuracy}
             search.state["final_distillation"] = record
             for r in search.state["distilled"].values():  # not `runs`: the state may have had none before

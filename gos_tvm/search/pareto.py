@@ -1,8 +1,16 @@
 """Pareto front of (latency, accuracy) configurations."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
+
+
+def config_key(choices: Mapping[str, str | None]) -> str:
+    """The identity of a configuration (in `state['scores']`, the distillation cache, the rounds):
+    its replaced sites, as sorted JSON.  A configuration listing a kept site as None is the same
+    configuration as one that leaves the site out."""
+    return json.dumps({k: v for k, v in sorted(choices.items()) if v is not None}, sort_keys=True)
 
 
 @dataclass
@@ -18,6 +26,12 @@ class Configuration:
 
     @property
     def key(self) -> str:
+        """Identity (`config_key`): compare configurations by this, never by `label`."""
+        return config_key(self.choices)
+
+    @property
+    def label(self) -> str:
+        """For people (reports, messages): "site=candidate,..." with "-" for a kept site."""
         return ",".join(f"{s}={c or '-'}" for s, c in sorted(self.choices.items()))
 
 
@@ -49,7 +63,7 @@ def fall_back_to_original(state: dict, configs: Sequence[Configuration], chosen:
 
     _, stat = speedup(baseline, adapted)
     key = f"{stat}_s"
-    why = (f"kept: the adapted model ({chosen.key}) measured {adapted[key] * 1e3:.3f} ms end to end ({stat}), "
+    why = (f"kept: the adapted model ({chosen.label}) measured {adapted[key] * 1e3:.3f} ms end to end ({stat}), "
            f"not faster than the original's {baseline[key] * 1e3:.3f} ms; the original is returned")
     for site, ckey in chosen.choices.items():
         if ckey is not None:
@@ -58,7 +72,7 @@ def fall_back_to_original(state: dict, configs: Sequence[Configuration], chosen:
             # from a newer measurement) does not nest the reasons.
             kernel_reason = decision.setdefault("kernel_reason", decision["reason"])
             decision.update(choice=None, rule="original", reason=f"{why} (the site alone: {kernel_reason})")
-    state["fallback"] = {"rejected": chosen.key, "adapted": adapted, "baseline": baseline}
+    state["fallback"] = {"rejected": chosen.label, "adapted": adapted, "baseline": baseline}
     original = next(c for c in configs if not any(c.choices.values()))
     return original, baseline
 

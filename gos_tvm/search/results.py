@@ -29,8 +29,9 @@ class SearchOptions:
     trials_per_task: int | None = None
     trials: int | None = None
     time_budget: float | None = None  # wall-clock seconds bound on each whole-model tuning session
-    # Trials for each new task a candidate brings into the model (its fused kernel), None: the
-    # model's per-task budget, so a candidate is tuned as much as the original task it replaces.
+    # Trials for each new task a candidate brings into the model (its fused kernel) while candidates
+    # are screened.  None: the model's per-task budget, so a candidate is tuned as much as the
+    # original task it would replace (see `GOSearch.candidate_trials`).
     kernel_trials: int | None = None
     max_sites: int | None = None     # replace at most this many sites (None: all)
     tries_per_site: int = 6          # candidates fitted and accuracy-checked per site (bisection steps)
@@ -92,13 +93,6 @@ class SearchOptions:
 #: originals ran 1.2-1.5x behind onnxruntime; at 64 they were at 0.73-1.02x of it.  Both models
 #: of a speed-up get this budget, so the ratio compares converged kernels, not tuning luck.
 DEFAULT_TRIALS_PER_TASK = 64
-
-#: Trials for each new task of a *candidate* when none is given (at most the per-task budget):
-#: candidates are many and only screened; the chosen ones' tasks are tuned to the per-task budget
-#: when the adapted model is, before the speed-up is measured.  Screening at fewer trials than the
-#: original's tasks had is conservative: a candidate must win against a better-tuned original.
-DEFAULT_KERNEL_TRIALS = 16
-
 
 @dataclass
 class Decision:
@@ -162,4 +156,4 @@ class SearchOutcome:
     distillation: dict = field(default_factory=dict)  # how candidates were distilled (see GOSearch)
 
 
-__all__ = ["SearchOptions", "DEFAULT_TRIALS_PER_TASK", "DEFAULT_KERNEL_TRIALS", "Decision", "Candidate", "SearchOutcome", "Predict", "EvalFn"]
+__all__ = ["SearchOptions", "DEFAULT_TRIALS_PER_TASK", "Decision", "Candidate", "SearchOutcome", "Predict", "EvalFn"]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 from tqdm.auto import tqdm
 
 from ..instructions.program import jsonable
+from .pareto import config_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gos import GOSearch
@@ -210,17 +211,10 @@ def round_key(search: "GOSearch", name: str) -> str:
     return name if search.round == 0 else f"{name}@round{search.round}"
 
 
-def config_key(choices: Mapping[str, str | None]) -> str:
-    """The key of a configuration in `state['scores']`: its replaced sites, as sorted JSON."""
-    import json
-
-    return json.dumps({k: v for k, v in sorted(choices.items()) if v is not None}, sort_keys=True)
-
-
 def default_strategies() -> list[SearchStrategy]:
     """Today's search: greedy least-efficient-first, then evolution."""
     return [GreedyLeastEfficientFirst(), Evolution()]
 
 
-__all__ = ["SearchStrategy", "GreedyLeastEfficientFirst", "Evolution", "bisect_cheapest", "config_key", "round_key",
+__all__ = ["SearchStrategy", "GreedyLeastEfficientFirst", "Evolution", "bisect_cheapest", "round_key",
            "default_strategies"]
