@@ -112,13 +112,14 @@ class SearchDistiller:
         if done is not None:
             search.state["final_distillation"] = done
             return chosen, configs, front
-        distilled = next((c for c in configs if c.key == config_key(variant)), None)
+        variant_key = config_key(variant)
+        distilled = next((c for c in configs if c.key == variant_key), None)
         if distilled is not None and distilled.accuracy >= chosen.accuracy:
             record = {"from": chosen.label, "to": distilled.label, "score_before": chosen.accuracy,
                       "score_after": distilled.accuracy}
             search.state["final_distillation"] = record
             for r in search.state["distilled"].values():  # not `runs`: the state may have had none before
-                if config_key(r["choices"]) == config_key(variant):
+                if config_key(r["choices"]) == variant_key:
                     r["final"] = record
             search.save()
             chosen = distilled

@@ -94,6 +94,7 @@ class SearchOptions:
 #: of a speed-up get this budget, so the ratio compares converged kernels, not tuning luck.
 DEFAULT_TRIALS_PER_TASK = 64
 
+
 @dataclass
 class Decision:
     """What the search did at one site."""
