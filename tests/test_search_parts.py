@@ -12,7 +12,7 @@ from gos_tvm import graph, models
 from gos_tvm.search import (Evolution, FakeMeasurer, GOSearch, GreedyLeastEfficientFirst, SearchOptions,
                             SearchStrategy)
 from gos_tvm.search.pareto import Configuration, choose, config_key, pareto_front
-from gos_tvm.search.strategies import bisect_cheapest
+from gos_tvm.search.strategies import bisect_cheapest, screened_front, spread
 
 OPTIONS = dict(max_sites=2, tries_per_site=3, measure_per_site=2, fit_steps=20, calib_samples=16, generations=1,
                population=2, kernel_trials=1, trials=1)
@@ -49,6 +49,14 @@ def test_bisection_walks_down_from_a_rejected_top_then_stops_when_tries_run_out(
     bisect_cheapest(64, lambda p: calls.append(p) or True, max_tries=3)
     assert calls == [63, 31, 15]
     bisect_cheapest(0, lambda p: pytest.fail("nothing to try"), max_tries=3)
+
+
+def test_the_screened_front_falls_in_error_as_the_cost_grows():
+    ranking = [4, 0, 3, 1, 2, 5]                       # candidate indices, cheapest predicted first
+    errors = {4: 0.9, 3: 0.5, 1: 0.6, 2: 0.2, 5: 0.2}  # candidate 0 was not screened
+    assert screened_front(ranking, errors) == [4, 3, 2]  # 1 fits worse than the cheaper 3; 5 no better than 2
+    assert screened_front(ranking, {}) == []
+    assert spread(300, 4) == [0, 100, 199, 299] and spread(3, 32) == [0, 1, 2] and spread(9, 1) == [8]
 
 
 def test_pareto_front_and_choice_within_budget():
@@ -129,6 +137,17 @@ def test_search_on_the_fake_device_replaces_the_least_efficient_sites(finished):
     assert out.baseline["timed"] == out.adapted["timed"] and out.baseline["rounds"] == search.opt.max_rounds
     # every site and candidate was asked about once (distilled variants share their measurement)
     assert fake.replacement_calls and len(fake.replacement_calls) == len(set(fake.replacement_calls))
+
+
+def test_each_site_bisects_its_screened_front_from_the_best_fitting_end(finished):
+    search, _, _, _ = finished
+    sites = [(site, d) for site, d in search.state["decisions"].items() if d["tried"]]
+    assert sites
+    for site, d in sites:
+        (errors,) = [e for key, e in search.state["screens"].items() if key.startswith(f"{site}@")]
+        assert d["screened"]["candidates"] == len(errors) <= search.opt.screen_per_site
+        assert d["tried"][0]["screen_rel_error"] == min(errors.values())  # the most capable point first
+        assert all(t["screen_rel_error"] in errors.values() for t in d["tried"])
 
 
 def test_configurations_score_the_same_in_torch_form_and_as_tvm_builds(finished):

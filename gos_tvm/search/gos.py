@@ -6,7 +6,8 @@
     2. complexity   each site's share of the tuned original: the tuned tasks that replacing it
                     removes from the model (fused epilogue and layout included; nothing is tuned).
     3. strategies   choose per-site replacements (`strategies.py`; by default greedy least-
-                    efficient-first with bisection of the latency model's ranking, then evolution);
+                    efficient-first with bisection of the (latency rank, short-fit error) Pareto
+                    front, then evolution);
                     with `rounds` > 1, again from the chosen configuration after its final
                     distillation (step 4), on the sites still kept.
     4. final        Pareto front of (latency, accuracy); the fastest configuration within the
@@ -305,6 +306,20 @@ class GOSearch:
         self.store.save_weights(site_id, cand.structural_hash, res.weights)
         return {"rel_error": res.rel_error, "heldout_rel_error": res.heldout_rel_error,
                 "init_rel_error": res.init_rel_error, "seconds": res.seconds}
+
+    def screen_candidates(self, site_id: str, cands: Sequence, choices: Mapping[str, str | None]) -> list[float]:
+        """Short layer-wise fits of `cands` at `site_id` in the current adapted model (the site's input
+        captured once): each one's relative error after `screen_fit_steps` Adam steps from its
+        closed-form initialisation, the bisection's estimate of how well it can fit."""
+        from .. import graph
+        from ..fit import fit
+
+        mod, params = self.adapted(choices)
+        x_cur, _ = graph.capture(mod, params, self.calib, [site_id])[site_id]
+        _, y_orig = self._calib_activations[site_id]
+        return [fit(c, x_cur, y_orig, original_weights=self.sites[site_id].weights, steps=self.opt.screen_fit_steps,
+                    seed=self.opt.seed).rel_error
+                for c in tqdm(cands, desc=f"screening {site_id}", leave=False)]
 
     @functools.cached_property
     def _calib_activations(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:

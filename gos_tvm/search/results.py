@@ -35,6 +35,11 @@ class SearchOptions:
     kernel_trials: int | None = None
     max_sites: int | None = None     # replace at most this many sites (None: all)
     tries_per_site: int = 6          # candidates fitted and accuracy-checked per site (bisection steps)
+    # Before bisecting, up to `screen_per_site` candidates spread evenly over the latency ranking get
+    # a short layer-wise fit (`screen_fit_steps` Adam steps), and the bisection runs over the Pareto
+    # front of (latency rank, screening error) instead of the whole ranking (0: the ranking alone).
+    screen_per_site: int = 32
+    screen_fit_steps: int = 20
     measure_per_site: int = 2        # accurate candidates tuned and measured per site
     max_flops_ratio: float = 0.6     # candidates keep at most this share of the site's FLOPs
     depth: int = 2                   # rewrite chains up to this length (2: compositions)

@@ -8,7 +8,8 @@ Pareto front.  Strategies keep their progress in `search.state` (saved with `sea
 killed run resumes where it stopped.
 
     GreedyLeastEfficientFirst   site by site, the largest measured latency first; bisection of the
-                                latency model's ranking for the cheapest accurate candidate
+                                (latency rank, screening fit error) Pareto front for the cheapest
+                                accurate candidate
     Evolution                   mutation and crossover of the per-site choices
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -42,11 +43,11 @@ class SearchStrategy(ABC):
 def bisect_cheapest(n: int, accept: Callable[[int], bool], max_tries: int) -> None:
     """Bisect positions 0..n-1 of a ranking (cheapest first) for the cheapest accepted one.
 
-    Accuracy grows, roughly, with cost: the most capable (last) position is tried first, and while
-    it is rejected the next most capable ones, up to half the tries (only roughly: the digits
-    CNN's conv3 lost its only try on a subsampling candidate the latency model ranked slowest).
-    Below the first accepted position the cheaper part is bisected, at most `max_tries` calls of
-    `accept` in all.  `accept` records what it accepts; nothing is returned."""
+    The positions are assumed to grow in capability with cost (`screened_front` makes them so, as
+    far as a short fit can tell): the most capable (last) position is tried first, and while it is
+    rejected the next most capable ones, up to half the tries.  Below the first accepted position
+    the cheaper part is bisected, at most `max_tries` calls of `accept` in all.  `accept` records
+    what it accepts; nothing is returned."""
     hi, tries = n - 1, 0
     while True:
         if hi < 0 or tries >= max(1, max_tries // 2):
@@ -65,11 +66,32 @@ def bisect_cheapest(n: int, accept: Callable[[int], bool], max_tries: int) -> No
             lo = mid + 1
 
 
+def screened_front(ranking: Sequence[int], errors: Mapping[int, float]) -> list[int]:
+    """The screened candidates that fit better than every cheaper screened one, cheapest first: the
+    Pareto front of (position in the latency ranking, screening error).  Along it the error falls as
+    the cost grows, which is `bisect_cheapest`'s premise; along the ranking alone it need not (the
+    slowest-ranked candidates are often subsampling ones that fit worst)."""
+    front, best = [], math.inf
+    for idx in ranking:
+        if idx in errors and errors[idx] < best:
+            front.append(idx)
+            best = errors[idx]
+    return front
+
+
+def spread(n: int, k: int) -> list[int]:
+    """At most `k` of the positions 0..n-1, evenly spaced, both ends included."""
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n - 1]
+
+
 class GreedyLeastEfficientFirst(SearchStrategy):
     """Site by site, the largest share of the tuned model first: generate the site's candidates,
-    rank them with the latency model, bisect the ranking for the cheapest candidate whose fitted
-    weights keep the score within the budget (in the *current* adapted model), tune and measure
-    the accurate ones as the model runs them, and keep the fastest if it beats the site there."""
+    rank them with the latency model, screen a spread of the ranking with short fits, bisect the
+    screened Pareto front for the cheapest candidate whose fitted weights keep the score within the
+    budget (in the *current* adapted model), tune and measure the accurate ones as the model runs
+    them, and keep the fastest if it beats the site there."""
 
     name = "greedy"
 
@@ -91,6 +113,18 @@ class GreedyLeastEfficientFirst(SearchStrategy):
                 search.save()
         return choices
 
+    @staticmethod
+    def _screen(search: "GOSearch", site_id: str, cands, picked: list[int], choices: Choices) -> dict[int, float]:
+        """Screening errors of the candidates `picked` (indices into `cands`), computed once per site
+        and configuration (kept in the search state, so a resumed run does not fit them again)."""
+        cache = search.state.setdefault("screens", {}).setdefault(f"{site_id}@{config_key(choices)}", {})
+        todo = [i for i in picked if cands[i].structural_hash not in cache]
+        if todo:
+            errors = search.screen_candidates(site_id, [cands[i] for i in todo], choices)
+            cache.update({cands[i].structural_hash: e for i, e in zip(todo, errors)})
+            search.save()
+        return {i: cache[cands[i].structural_hash] for i in picked}
+
     def _site(self, search: "GOSearch", site_id: str, choices: Choices) -> None:
         from ..space import candidates as space_candidates
 
@@ -103,10 +137,17 @@ class GreedyLeastEfficientFirst(SearchStrategy):
             return
         ranking, how = search.latency_model.rank([c.program for c in cands])
         decision["ranking"] = how
-        accurate = []  # (position in the ranking, candidate, key)
+        order, screen = ranking, {}
+        if opt.screen_per_site > 0:
+            screen = self._screen(search, site_id, cands, [ranking[p] for p in spread(len(ranking), opt.screen_per_site)],
+                                  choices)
+            order = screened_front(ranking, screen)
+            decision["screened"] = {"candidates": len(screen), "front": len(order), "fit_steps": opt.screen_fit_steps}
+        rank_of = {idx: pos for pos, idx in enumerate(ranking)}
+        accurate = []  # (position in `order`, candidate, key, configuration)
 
         def attempt(pos: int) -> bool:
-            cand = cands[ranking[pos]]
+            cand = cands[order[pos]]
             ckey = f"{site_id}:{cand.structural_hash}"
             search.state["candidates"].setdefault(ckey, {
                 "site": site_id, "hash": cand.structural_hash, "rule": cand.rule,
@@ -126,7 +167,8 @@ class GreedyLeastEfficientFirst(SearchStrategy):
                     acc, judged = search.score(variant), f"distillation ({opt.distill_steps} steps)"
             ok = acc >= floor
             tried = {"candidate": ckey, "rule": cand.rule, "params": info["params"], "flops": cand.flops,
-                     "rank": pos, "fit_rel_error": info["fit"]["rel_error"], "score": acc,
+                     "rank": rank_of[order[pos]], "screen_rel_error": screen.get(order[pos]),
+                     "fit_rel_error": info["fit"]["rel_error"], "score": acc,
                      "layerwise_score": layerwise, "judged_by": judged,
                      "verdict": "accurate" if ok else f"rejected: score {acc:.4f} below {floor:.4f}"}
             decision["tried"] = [t for t in decision["tried"] if t["candidate"] != ckey] + [tried]
@@ -134,7 +176,7 @@ class GreedyLeastEfficientFirst(SearchStrategy):
                 accurate.append((pos, cand, ckey, variant))
             return ok
 
-        bisect_cheapest(len(ranking), attempt, opt.tries_per_site)
+        bisect_cheapest(len(order), attempt, opt.tries_per_site)
         accurate = [(c, k, v) for _, c, k, v in sorted(accurate, key=lambda a: a[0])[: opt.measure_per_site]]
         if not accurate:
             decision["reason"] = (f"kept: none of the {len(decision['tried'])} candidates tried kept the "

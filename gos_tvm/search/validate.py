@@ -10,6 +10,7 @@ one line on stderr and exits with status 2 (`--debug` shows the traceback).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import numbers
@@ -47,6 +48,7 @@ def check_float(name: str, value: Any, minimum: float, maximum: float = math.inf
 #: An option missing here is passed on unchecked.
 _OPTION_MINIMUM: dict[str, int] = {"trials": 1, "trials_per_task": 1, "max_rounds": 1, "kernel_trials": 1,
                                    "max_sites": 0, "tries_per_site": 1, "measure_per_site": 1, "depth": 1, "fit_steps": 0, "calib_samples": 2,
+                                   "screen_per_site": 0, "screen_fit_steps": 0,
                                    "generations": 0, "rounds": 1, "population": 1, "repeat": 1, "seed": 0,
                                    "distill_steps": 0, "final_distill_steps": 0,
                                    "distill_samples": 2, "final_distill_samples": 2, "distill_batch": 1}
@@ -56,7 +58,7 @@ def check_options(options: Mapping[str, Any]):
     """The `SearchOptions` of a run, each budget and count checked (UserError names the bad one)."""
     from .gos import SearchOptions
 
-    fields = SearchOptions.__dataclass_fields__
+    fields = {f.name: f for f in dataclasses.fields(SearchOptions)}
     unknown = sorted(set(options) - set(fields))
     if unknown:
         raise UserError(f"unknown option(s) {unknown}; the options are: {', '.join(fields)}")
