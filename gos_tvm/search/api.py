@@ -294,6 +294,8 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
         measurer: where latencies come from instead of the device (e.g. the fake device
             `gos_tvm.search.FakeMeasurer`); then no tracker or server is used.
         options: further `SearchOptions` (max_sites, tries_per_site, measure_per_site,
+            screen_per_site and screen_fit_steps (the short fits whose Pareto front with the latency
+            ranking is bisected; 0 candidates: the ranking alone),
             max_flops_ratio, depth, fit_steps, calib_samples, generations, population, rounds (search
             rounds, each from the last one's distilled choice on the sites still kept), repeat,
             max_spread, max_rounds: the end-to-end timings repeat in rounds of `repeat` until their
