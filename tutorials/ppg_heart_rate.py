@@ -73,8 +73,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work-dir", default="ppg_work", help="data cache, trained model, search state, libraries")
     p.add_argument("--budget", type=float, default=1.0, help="BPM of validation MAE the adapted model may lose")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--trials", type=int, default=None, help="MetaSchedule trials per whole model")
-    p.add_argument("--kernel-trials", type=int, default=None, help="MetaSchedule trials per kernel")
+    p.add_argument("--trials-per-task", type=int, default=None,
+                   help="MetaSchedule trials for every task of the original and of the adapted model, in one "
+                        "database (default: gos_tvm's, converged)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="the former whole-model budget: ceil(trials / tasks) per task when --trials-per-task is "
+                        "not given (--small: 16)")
+    p.add_argument("--kernel-trials", type=int, default=None,
+                   help="MetaSchedule trials per new task of a candidate (default: the per-task budget; --small: 4)")
     p.add_argument("--max-sites", type=int, default=2, help="replace at most this many operator sites")
     p.add_argument("--real-adapt", type=float, default=0.5,
                    help="fraction of the PPG-DaLiA excerpt (from its start) the TCN is fine-tuned on; the rest, "
@@ -137,8 +143,9 @@ def main(argv=None) -> dict:
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     epochs = args.epochs or (20 if args.small else 24)
-    trials = args.trials or (16 if args.small else 32)
-    kernel_trials = args.kernel_trials or (4 if args.small else 8)
+    # The full run tunes to gos_tvm's converged per-task default; --small keeps a quick whole-model budget.
+    trials = args.trials or (16 if args.small and args.trials_per_task is None else None)
+    kernel_trials = args.kernel_trials or (4 if args.small else None)
     torch.manual_seed(args.seed)
 
     # ------------------------------------------------------------------------------------------
@@ -250,7 +257,8 @@ def main(argv=None) -> dict:
         return -0.5 * (mae(predict(x_val), y_val) + mae(predict(real_val[0]), real_val[1]))
 
     result = gos_tvm.tune(mod, "local", params=params, calib_data=data.train.x, eval_fn=eval_fn,
-                          accuracy_budget=args.budget, trials=trials, kernel_trials=kernel_trials,
+                          accuracy_budget=args.budget, trials_per_task=args.trials_per_task, trials=trials,
+                          kernel_trials=kernel_trials,
                           max_sites=args.max_sites, work_dir=work / "gos", seed=args.seed)
     print(result.summary())
     # What a user would run instead: onnxruntime and PyTorch on the original TCN, beside the tuned TVM models
