@@ -4,7 +4,7 @@ reach into the search object."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -117,7 +117,8 @@ class Decision:
     @classmethod
     def from_state(cls, row: Mapping[str, Any]) -> "Decision":
         """A decision from its row in the search state (which may carry extra keys, e.g. 'ranking')."""
-        return cls(**{k: v for k, v in row.items() if k in cls.__dataclass_fields__})
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in names})
 
 
 @dataclass
