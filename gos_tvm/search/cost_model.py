@@ -2,8 +2,12 @@
 
 MetaSchedule's own XGBoost model ranks *schedules* of one kernel; this one ranks
 *programs* (candidate operators) before any of them is tuned, so that only the most
-promising candidates spend device time.  It predicts log latency; samples persist as
-JSON, so a later run (or another model on the same device) warm-starts from them.
+promising candidates spend device time.  It predicts log latency as a line in log FLOPs plus
+boosted trees on the residual: a search starts with a handful of measurements, too few for trees
+alone to order kernels they have not seen (leave-one-out Spearman over the 8 kernels of the test
+suite's digits search: 0.12 trees alone, 0.69 line + trees), while the line keeps a kernel with
+more work than any measured one ranked slowest.  Samples persist as JSON, so a later run (or
+another model on the same device) warm-starts from them.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import numpy as np
 
 from ..instructions.program import OpProgram
 from .features import FEATURE_NAMES, program_features
+
+_LOG_FLOPS = FEATURE_NAMES.index("log_flops")
 
 #: Below this many measurements the model cannot rank; it falls back to FLOPs.
 MIN_SAMPLES = 4
@@ -68,6 +74,7 @@ class LatencyModel(ProgramLatencyModel):
         self.seed = seed
         self.samples: dict[str, Sample] = {}
         self._booster = None
+        self._line: np.ndarray | None = None  # (slope, intercept) of log latency in log FLOPs
         if self.path and self.path.exists():
             self.load(self.path)
 
@@ -115,14 +122,19 @@ class LatencyModel(ProgramLatencyModel):
     def trained(self) -> bool:
         return len(self.samples) >= MIN_SAMPLES
 
+    @staticmethod
+    def _flops_design(x: np.ndarray) -> np.ndarray:
+        return np.c_[x[:, _LOG_FLOPS], np.ones(len(x))]
+
     def _fit(self):
         import xgboost as xgb
 
         x = np.array([s.features for s in self.samples.values()])
         y = np.log(np.array([s.latency_s for s in self.samples.values()]))
+        self._line = np.linalg.lstsq(self._flops_design(x), y, rcond=None)[0]
         self._booster = xgb.XGBRegressor(n_estimators=200, max_depth=4, learning_rate=0.1, subsample=1.0,
                                          min_child_weight=1, random_state=self.seed, n_jobs=1)
-        self._booster.fit(x, y)
+        self._booster.fit(x, y, base_margin=self._flops_design(x) @ self._line)
         return self._booster
 
     def predict_features(self, features: np.ndarray) -> np.ndarray:
@@ -130,7 +142,8 @@ class LatencyModel(ProgramLatencyModel):
         if not self.trained:
             raise RuntimeError(f"the latency model has {len(self.samples)} measurements, needs {MIN_SAMPLES}")
         booster = self._booster or self._fit()
-        return np.exp(booster.predict(np.asarray(features, dtype=float)))
+        x = np.asarray(features, dtype=float)
+        return np.exp(booster.predict(x, base_margin=self._flops_design(x) @ self._line))
 
     def predict(self, programs: Sequence[OpProgram]) -> np.ndarray:
         """Predicted latency in seconds; measured programs return their measurement."""
