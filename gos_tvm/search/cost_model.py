@@ -73,8 +73,8 @@ class LatencyModel(ProgramLatencyModel):
         self.path = Path(path) if path else None
         self.seed = seed
         self.samples: dict[str, Sample] = {}
-        self._booster = None
-        self._line: np.ndarray | None = None  # (slope, intercept) of log latency in log FLOPs
+        # (line, trees) once fitted: log latency = (slope, intercept) . (log FLOPs, 1) + trees(features)
+        self._fitted: tuple[np.ndarray, object] | None = None
         if self.path and self.path.exists():
             self.load(self.path)
 
@@ -94,7 +94,7 @@ class LatencyModel(ProgramLatencyModel):
                     continue  # written by another feature version: not comparable
                 self.samples[row["key"]] = Sample(**row)
                 added += 1
-        self._booster = None
+        self._fitted = None
         return added
 
     def save(self) -> None:
@@ -109,7 +109,7 @@ class LatencyModel(ProgramLatencyModel):
             raise ValueError(f"latency must be a positive finite number of seconds, got {latency_s}")
         key = program.structural_hash
         self.samples[key] = Sample(key, self.target, program_features(program).tolist(), float(latency_s))
-        self._booster = None
+        self._fitted = None
         self.save()
 
     def update(self, programs: Sequence[OpProgram], latencies_s: Sequence[float]) -> None:
@@ -126,24 +126,25 @@ class LatencyModel(ProgramLatencyModel):
     def _flops_design(x: np.ndarray) -> np.ndarray:
         return np.c_[x[:, _LOG_FLOPS], np.ones(len(x))]
 
-    def _fit(self):
+    def _fit(self) -> tuple[np.ndarray, object]:
         import xgboost as xgb
 
         x = np.array([s.features for s in self.samples.values()])
         y = np.log(np.array([s.latency_s for s in self.samples.values()]))
-        self._line = np.linalg.lstsq(self._flops_design(x), y, rcond=None)[0]
-        self._booster = xgb.XGBRegressor(n_estimators=200, max_depth=4, learning_rate=0.1, subsample=1.0,
-                                         min_child_weight=1, random_state=self.seed, n_jobs=1)
-        self._booster.fit(x, y, base_margin=self._flops_design(x) @ self._line)
-        return self._booster
+        line = np.linalg.lstsq(self._flops_design(x), y, rcond=None)[0]  # min-norm if all FLOPs are equal
+        trees = xgb.XGBRegressor(n_estimators=200, max_depth=4, learning_rate=0.1, subsample=1.0,
+                                 min_child_weight=1, random_state=self.seed, n_jobs=1)
+        trees.fit(x, y, base_margin=self._flops_design(x) @ line)
+        self._fitted = (line, trees)
+        return self._fitted
 
     def predict_features(self, features: np.ndarray) -> np.ndarray:
         """Predicted latency in seconds of programs given by their feature rows (`program_features`)."""
         if not self.trained:
             raise RuntimeError(f"the latency model has {len(self.samples)} measurements, needs {MIN_SAMPLES}")
-        booster = self._booster or self._fit()
+        line, trees = self._fitted or self._fit()
         x = np.asarray(features, dtype=float)
-        return np.exp(booster.predict(x, base_margin=self._flops_design(x) @ self._line))
+        return np.exp(trees.predict(x, base_margin=self._flops_design(x) @ line))
 
     def predict(self, programs: Sequence[OpProgram]) -> np.ndarray:
         """Predicted latency in seconds; measured programs return their measurement."""
