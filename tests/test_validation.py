@@ -368,6 +368,7 @@ BAD_CLI = [  # (id, arguments, exit status, what the one line says)
     ("+negative budget", ["tune", "--budget", "-1"], 2, "--budget must be a finite number >= 0"),
     ("negative trials", ["tune", "--trials", "-1"], 2, "--trials must be an integer >= 1"),
     ("+non-integer trials", ["tune", "--trials", "abc"], 2, "invalid int value: 'abc'"),
+    ("negative screening", ["tune", "--screen-per-site", "-1"], 2, "--screen-per-site must be an integer >= 0"),
     ("+another budget", ["tune", "--budget", "0.02"], 2,
      "holds a search of another run (accuracy_budget: 0.01 there, 0.02 now)"),
     ("+unknown model", ["tune", "--model", "nosuch"], 2, "--model 'nosuch' is not a built-in model"),

@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="trials for each new task a candidate brings into the model while candidates are screened "
                         "(default: the per-task budget of the models, so a candidate is compared with original tasks "
                         "tuned as much; less screens faster)")
+    p.add_argument("--screen-per-site", type=int, default=None,
+                   help="candidates per site given a short layer-wise fit before the bisection, which then runs "
+                        "over the best-fitting ones (default 32; fewer searches faster; 0: the latency ranking alone)")
     p.add_argument("--budget", type=float, default=0.01, help="allowed accuracy drop (default 0.01 = 1 point)")
     p.add_argument("--max-sites", type=int, default=None, help="replace at most this many sites")
     p.add_argument("--work-dir", default="gos_work", help="work directory (rerun to resume; default gos_work)")
@@ -70,14 +73,17 @@ def run(args: argparse.Namespace) -> int:
     # fails in seconds, before a model is trained or anything is written to the work directory.
     for flag, value, least in (("--trials", args.trials, 1), ("--trials-per-task", args.trials_per_task, 1),
                                ("--kernel-trials", args.kernel_trials, 1), ("--max-sites", args.max_sites, 0),
-                               ("--seed", args.seed, 0)):
-        check_int(flag, value, least, allow_none=flag in ("--max-sites", "--trials", "--trials-per-task", "--kernel-trials"))
+                               ("--screen-per-site", args.screen_per_site, 0), ("--seed", args.seed, 0)):
+        check_int(flag, value, least, allow_none=flag in ("--max-sites", "--trials", "--trials-per-task", "--kernel-trials",
+                                                          "--screen-per-site"))
     if args.time_budget is not None:
         check_float("--time-budget", args.time_budget, 0.0, min_exclusive=True)
     check_float("--budget", args.budget, 0.0)
+    # Given only when set on the command line: otherwise SearchOptions keeps its own default.
+    search = {"screen_per_site": args.screen_per_site} if args.screen_per_site is not None else {}
     opts = check_options(dict(trials=args.trials, trials_per_task=args.trials_per_task, time_budget=args.time_budget,
                               kernel_trials=args.kernel_trials, max_sites=args.max_sites, distill=args.distill,
-                              seed=args.seed))
+                              seed=args.seed, **search))
     target = args.target
     if args.emulated:
         from ..hw import emulate
@@ -141,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
                       tracker=args.tracker, key=args.key, trials_per_task=args.trials_per_task, trials=args.trials,
                       time_budget=args.time_budget, warm_start_database=args.warm_start_database,
                       kernel_trials=args.kernel_trials, work_dir=args.work_dir, seed=args.seed,
-                      max_sites=args.max_sites, distill=args.distill)
+                      max_sites=args.max_sites, distill=args.distill, **search)
         print(result.summary())
         print(f"report: {result.report_path}\nPareto plot: {result.plot_path}")
         if args.export:
