@@ -49,6 +49,15 @@ def _ms(s) -> str:
     return f"{s * 1e3:.3f}" if s is not None else "-"
 
 
+def _budget(config: dict) -> str:
+    """The run's tuning budgets in words (a key missing from an older run's JSON reads as unknown)."""
+    per_task = config.get("trials_per_task")
+    kernel = config.get("kernel_trials") or per_task
+    if per_task is None:
+        return f"{config.get('trials')} trials per whole model, {kernel} for each new task of a candidate"
+    return f"{per_task} trials per task for the original and the adapted model, {kernel} for each new task of a candidate"
+
+
 def markdown(res: dict, command: str, machine: dict) -> str:
     o, a = res["latency_local_s"]
     det = res.get("latency_detail", {})
@@ -93,8 +102,7 @@ def markdown(res: dict, command: str, machine: dict) -> str:
         "",
         f"Data: {res['data']['train']} / {res['data']['val']} / {res['data']['test']} windows (train / val / test, "
         f"subject-wise split, config {res['data']['config']}); budget {res['budget']} BPM of validation MAE; "
-        f"MetaSchedule {res['config']['trials']} trials per whole model, {res['config']['kernel_trials']} for each "
-        f"new task of a candidate; tuning took {res.get('tune_seconds', float('nan')):.0f} s.",
+        f"MetaSchedule {_budget(res['config'])}; tuning took {res.get('tune_seconds', float('nan')):.0f} s.",
         "",
         *dalia_lines(res),
         "Latency is end to end over the local RPC server (median of the tuned module's runs, as `gos_tvm.tune` "

@@ -312,7 +312,10 @@ def main(argv=None) -> dict:
     # Relax VM's calls) and depends on how well `trials` tuned each kernel of the whole model.
     kernels = []
     for d in result.decisions:
-        chosen_lat = next((t.get("latency_s") for t in d.tried if t["candidate"] == d.choice), None) if d.choice \
+        # A distilled choice ('<site>:<program hash>~<distillation>') runs its candidate's kernel, which
+        # the site's tries name without the suffix.
+        tried_as = d.choice.split("~")[0] if d.choice else None
+        chosen_lat = next((t.get("latency_s") for t in d.tried if t["candidate"] == tried_as), None) if d.choice \
             else d.latency_s
         kernels.append({"site": d.site, "kind": d.kind, "original_kernel_s": d.latency_s,
                         "adapted_kernel_s": chosen_lat, "share_of_original": d.share})
@@ -383,7 +386,9 @@ def main(argv=None) -> dict:
               f"{real_out['test_mae'][0]:.2f}, motion-compensated spectral peak {b['spectral_peak_acc_regressed']:.2f}, "
               f"spectral peak {b['spectral_peak']:.2f} BPM")
 
-    out = {"config": vars(args) | {"epochs": epochs, "trials": trials, "kernel_trials": kernel_trials},
+    per_task = result.original_latency.get("trials_per_task")  # the budget the run used, defaults resolved
+    out = {"config": vars(args) | {"epochs": epochs, "trials": trials, "kernel_trials": kernel_trials,
+                                   "trials_per_task": per_task},
            "dataset": "simulated wrist PPG (neurokit2) + PPG-DaLiA S6 stairs excerpt" if real is not None
            else "simulated wrist PPG (neurokit2)",
            "dalia": real_out, "sim_only_torch_test_mae": sim_only_test_mae,
