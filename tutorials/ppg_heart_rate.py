@@ -312,9 +312,9 @@ def main(argv=None) -> dict:
     # Relax VM's calls) and depends on how well `trials` tuned each kernel of the whole model.
     kernels = []
     for d in result.decisions:
-        # A distilled choice ('<site>:<program hash>~<distillation>') runs its candidate's kernel, which
-        # the site's tries name without the suffix.
-        tried_as = d.choice.split("~")[0] if d.choice else None
+        # The site's tries are keyed '<site>:<program hash>'; a distilled choice has a key of its own but
+        # runs the same program, so it is found by its program.
+        tried_as = f"{d.site}:{result.program(d.choice).structural_hash}" if d.choice else None
         chosen_lat = next((t.get("latency_s") for t in d.tried if t["candidate"] == tried_as), None) if d.choice \
             else d.latency_s
         kernels.append({"site": d.site, "kind": d.kind, "original_kernel_s": d.latency_s,
