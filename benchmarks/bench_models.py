@@ -78,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="distillation steps per configuration a candidate is judged in (default: gos_tvm's)")
     p.add_argument("--final-distill-steps", type=int, default=None,
                    help="distillation steps of the chosen configuration (default: gos_tvm's)")
+    p.add_argument("--recover-steps", type=int, default=None,
+                   help="distillation steps after each site replaced (gos_tvm's SearchOptions.recover_steps; default 0)")
     p.add_argument("--rounds", type=int, default=None,
                    help="search rounds, each from the last one's distilled choice (default: gos_tvm's)")
     p.add_argument("--repeats", type=int, default=None, help="timed batch-1 calls per runtime (default 200; quick 30)")
@@ -265,7 +267,7 @@ def bench_torch_compile(model, x1: torch.Tensor, ref: torch.Tensor, repeats: int
 def search_options(args: argparse.Namespace) -> dict[str, int]:
     """The distillation budgets and search rounds given on the command line (the others stay
     gos_tvm's defaults)."""
-    return {k: getattr(args, k) for k in ("distill_steps", "final_distill_steps", "rounds") if getattr(args, k) is not None}
+    return {k: getattr(args, k) for k in ("distill_steps", "final_distill_steps", "rounds", "recover_steps") if getattr(args, k) is not None}
 
 
 def warm_start_databases(args: argparse.Namespace) -> dict[str, str]:
@@ -290,7 +292,8 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
                  "command": shlex.join([sys.executable, *sys.argv]), "machine": machine_info(),
                  "config": {k: getattr(args, k) for k in ("trials_per_task", "kernel_trials", "max_sites", "epochs", "budget",
                                                           "repeats", "seed", "quick", "dataset", "train_samples",
-                                                          "layout", "distill_steps", "final_distill_steps", "rounds")},
+                                                          "layout", "distill_steps", "final_distill_steps", "rounds",
+                                                          "recover_steps")},
                  "warm_start_database": warm_start_databases(args).get(name)}
     t_model = time.time()
     torch.set_num_threads(2)

@@ -141,3 +141,43 @@ def test_a_second_round_starts_from_the_final_distillation_on_the_sites_still_ke
                 if set(c) - set(replaced_before) and all(c.get(s) == k for s, k in replaced_before.items())]
     assert extended, "round 2 scored no configuration that extends round 1's choice"
     assert all(set(c) - set(replaced_before) <= set(kept) for c in extended)
+
+
+def test_each_replaced_site_is_distilled_before_the_next_site_is_judged(trained, tmp_path):
+    """recover_steps: after a site is replaced its configuration is distilled (on the final
+    distillation's inputs), and the search goes on from the distilled one when it scores no worse."""
+    _, _, split = trained
+    search = _search(trained, tmp_path, distill=True, distill_samples=800, max_sites=2, recover_steps=30)
+    out = search.run()
+    decisions, scores = search.state["decisions"], search.state["scores"]
+    recovered = {s: d["recovered"] for s, d in decisions.items() if "recovered" in d}
+    assert recovered, "no site replaced: recovery is not exercised"
+    assert set(recovered) == {s for s, d in decisions.items() if d.get("choice")}  # every replaced site, only those
+    runs = [r for k, r in search.state["distilled"].items() if k.startswith(f"30:{len(split.x_train)}in:")]
+    assert sorted(config_key(r["choices"]) for r in runs) == sorted(config_key(r["configuration"])
+                                                                    for r in recovered.values())
+    for r in recovered.values():
+        assert r["steps"] == 30 and r["score_after"] == scores[config_key(r["configuration"])]
+        assert r["kept"] == (r["score_after"] >= r["score_before"])
+    # The next site the greedy search tried was judged in the recovered configuration: its tries extend it.
+    order = sorted(search.sites, key=lambda s: -search.site_latency[s])
+    exercised = 0
+    for site, r in recovered.items():
+        nxt = next((s for s in order[order.index(site) + 1:] if decisions[s].get("tried")), None)
+        if not r["kept"] or nxt is None:
+            continue
+        base = r["configuration"]
+        tried = [c for c in map(json.loads, scores) if all(c.get(s) == k for s, k in base.items()) and set(c) > set(base)]
+        assert nxt in {s for c in tried for s in set(c) - set(base)}, (site, nxt)
+        exercised += 1
+    assert exercised, "no site was tried after a kept recovery: the test shows nothing"
+    assert out.adapted_score >= out.original_score - 0.02
+    assert json.loads((tmp_path / "run.json").read_text())["recover_steps"] == 30
+
+
+def test_recovery_off_leaves_older_work_directories_identity_unchanged(trained, tmp_path):
+    """recover_steps came after work directories were written: at 0 it is not part of run.json."""
+    search = _search(trained, tmp_path, distill=True)
+    search.save()
+    assert search.opt.recover_steps == 0
+    assert "recover_steps" not in json.loads((tmp_path / "run.json").read_text())

@@ -303,6 +303,8 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
             (default True; False keeps layer-wise fitting only), distill_steps, final_distill_steps,
             distill_samples (the first that many of `calib_data` are distilled on while candidates
             are judged), final_distill_samples (the chosen configuration's; default None: all),
+            recover_steps (after each site replaced, its configuration is distilled for that many
+            steps on the final distillation's inputs before the next site is judged; default 0: off),
             distill_batch,
             distill_lr, distill_temperature, distill_task).
 

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--screen-per-site", type=int, default=None,
                    help="candidates per site given a short layer-wise fit before the bisection, which then runs "
                         "over the best-fitting ones (default 32; fewer searches faster; 0: the latency ranking alone)")
+    p.add_argument("--recover-steps", type=int, default=None,
+                   help="distil the configuration for this many steps after each site the search replaces, so the "
+                        "next site is judged in a model whose accuracy is won back (default 0: off)")
     p.add_argument("--budget", type=float, default=0.01, help="allowed accuracy drop (default 0.01 = 1 point)")
     p.add_argument("--max-sites", type=int, default=None, help="replace at most this many sites")
     p.add_argument("--work-dir", default="gos_work", help="work directory (rerun to resume; default gos_work)")
@@ -67,20 +70,25 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .validate import RESUMABLE_OPTIONS, UserError, check_device, check_float, check_int, check_options
+    from .validate import UserError, check_device, check_float, check_int, check_options, options_identity
 
     # Everything that can be checked without the model, first: a wrong --target, --tracker or budget
     # fails in seconds, before a model is trained or anything is written to the work directory.
-    for flag, value, least in (("--trials", args.trials, 1), ("--trials-per-task", args.trials_per_task, 1),
-                               ("--kernel-trials", args.kernel_trials, 1), ("--max-sites", args.max_sites, 0),
-                               ("--screen-per-site", args.screen_per_site, 0), ("--seed", args.seed, 0)):
-        check_int(flag, value, least, allow_none=flag in ("--max-sites", "--trials", "--trials-per-task", "--kernel-trials",
-                                                          "--screen-per-site"))
+    # (flag, value, least, may be left out)
+    for flag, value, least, optional in (("--trials", args.trials, 1, True),
+                                         ("--trials-per-task", args.trials_per_task, 1, True),
+                                         ("--kernel-trials", args.kernel_trials, 1, True),
+                                         ("--max-sites", args.max_sites, 0, True),
+                                         ("--screen-per-site", args.screen_per_site, 0, True),
+                                         ("--recover-steps", args.recover_steps, 0, True),
+                                         ("--seed", args.seed, 0, False)):
+        check_int(flag, value, least, allow_none=optional)
     if args.time_budget is not None:
         check_float("--time-budget", args.time_budget, 0.0, min_exclusive=True)
     check_float("--budget", args.budget, 0.0)
     # Given only when set on the command line: otherwise SearchOptions keeps its own default.
-    search = {"screen_per_site": args.screen_per_site} if args.screen_per_site is not None else {}
+    search = {k: v for k, v in (("screen_per_site", args.screen_per_site), ("recover_steps", args.recover_steps))
+              if v is not None}
     opts = check_options(dict(trials=args.trials, trials_per_task=args.trials_per_task, time_budget=args.time_budget,
                               kernel_trials=args.kernel_trials, max_sites=args.max_sites, distill=args.distill,
                               seed=args.seed, **search))
@@ -98,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     # What this run is, as far as known before the model: a work directory of another run is refused
     # before a model is trained into it (the rest -- model, data -- is compared by tune()).
     known = {"device": device.name, "target": str(device.target), "accuracy_budget": float(args.budget),
-             **{k: v for k, v in vars(opts).items() if k not in RESUMABLE_OPTIONS},
+             **options_identity(opts),
              **({"emulated": True} if device.emulated else {}),
              **({"conv_layout": args.layout} if args.layout != "NCHW" else {})}
     check_identity(args.work_dir, known, partial=True)

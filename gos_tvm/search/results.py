@@ -49,6 +49,11 @@ class SearchOptions:
     # Search rounds: the chosen configuration's final distillation recovers accuracy, and a further
     # round runs the strategies again from it, on the sites still kept, within the same budget.
     rounds: int = 1
+    # After each site the greedy search replaces, the accepted configuration is distilled for
+    # `recover_steps` steps on the final distillation's inputs, and the next site is judged from it
+    # when it scores no worse: otherwise every site is judged in a model that carries all earlier
+    # sites' accuracy loss, and the first sites spend the whole budget (0: off).
+    recover_steps: int = 0
     population: int = 4
     repeat: int = 10                 # end-to-end timings per round
     max_spread: float = 0.05         # rounds repeat until (p75 - p25) / median of all timings is below this

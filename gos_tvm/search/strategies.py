@@ -197,9 +197,29 @@ class GreedyLeastEfficientFirst(SearchStrategy):
             decision.update(choice=best_variant[site_id], rule=best.rule,
                             reason=f"{best.rule}: {row['removed_s'] / max(row['latency_s'], 1e-12):.2f}x faster ({in_model}), "
                                    f"score {search.score({**choices}):.4f}")
+            self._recover(search, site_id, choices, decision)
         else:
             decision["reason"] = (f"kept: the fastest accurate candidate ({best.rule}) is not faster than the "
                                   f"original ({in_model})")
+
+
+    @staticmethod
+    def _recover(search: "GOSearch", site_id: str, choices: Choices, decision: dict) -> None:
+        """Distil the configuration just accepted (`recover_steps`, on the final distillation's inputs)
+        and go on from the distilled one when it scores no worse: the next site is then judged in a
+        model whose accuracy the distillation has won back, instead of one carrying every earlier
+        site's loss until the final distillation."""
+        steps = search.opt.recover_steps
+        if steps <= 0 or not search.distiller.enabled:
+            return
+        before = search.score(choices)
+        recovered = search.distiller.configuration(choices, steps, search.final_distill_inputs)
+        after = search.score(recovered)
+        decision["recovered"] = {"steps": steps, "score_before": before, "score_after": after,
+                                 "kept": after >= before, "configuration": recovered}
+        if after >= before:
+            choices.update(recovered)
+            decision["choice"] = recovered[site_id]
 
 
 class Evolution(SearchStrategy):

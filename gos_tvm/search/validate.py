@@ -50,7 +50,7 @@ _OPTION_MINIMUM: dict[str, int] = {"trials": 1, "trials_per_task": 1, "max_round
                                    "max_sites": 0, "tries_per_site": 1, "measure_per_site": 1, "depth": 1, "fit_steps": 0, "calib_samples": 2,
                                    "screen_per_site": 0, "screen_fit_steps": 0,
                                    "generations": 0, "rounds": 1, "population": 1, "repeat": 1, "seed": 0,
-                                   "distill_steps": 0, "final_distill_steps": 0,
+                                   "distill_steps": 0, "final_distill_steps": 0, "recover_steps": 0,
                                    "distill_samples": 2, "final_distill_samples": 2, "distill_batch": 1}
 
 
@@ -225,6 +225,10 @@ def score_identity(eval_fn: Callable) -> str:
 #: A later round starts from what the earlier ones chose, so a rerun with more `rounds` continues.
 RESUMABLE_OPTIONS = ("trials", "trials_per_task", "time_budget", "rounds")
 
+#: Options added after work directories were written, with the value that means "as before": they
+#: enter the identity only when set otherwise, so an older directory still resumes.
+LATER_OPTIONS = {"recover_steps": 0}
+
 
 def run_identity(model_fingerprint: str, device, options, calib: np.ndarray, eval_fn: Callable,
                  accuracy_budget: float) -> dict[str, Any]:
@@ -247,8 +251,14 @@ def run_identity(model_fingerprint: str, device, options, calib: np.ndarray, eva
         identity["conv_layout"] = current_conv_layout()
     # Whole-model tuning budgets are not part of it: resuming with a larger one continues tuning from
     # the records in the database (the measurement-log keys of model latencies carry the budget).
-    identity.update({k: v for k, v in vars(options).items() if k not in RESUMABLE_OPTIONS})
+    identity.update(options_identity(options))
     return identity
+
+
+def options_identity(options) -> dict[str, Any]:
+    """The search options that are part of a work directory's identity (see `run_identity`)."""
+    return {k: v for k, v in vars(options).items()
+            if k not in RESUMABLE_OPTIONS and not (k in LATER_OPTIONS and v == LATER_OPTIONS[k])}
 
 
 # ----------------------------------------------------------------------------------- tune()
