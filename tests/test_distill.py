@@ -250,3 +250,25 @@ def test_regression_task_uses_mse(adapted):
         ref = model(torch.from_numpy(calib[:200])).numpy()
     held = np.sort(np.random.default_rng(0).permutation(200)[:40])
     assert rel_err(out[held], ref[held]) == pytest.approx(res.error_after, rel=1e-4)
+
+
+def test_a_step_too_large_for_the_starting_weights_is_halved_from_them(adapted):
+    """Backtracking: until an evaluation is better than the starting weights, each one that is not halves
+    the step size and sends training back to the starting weights; after that, training runs as set."""
+    model, split, calib, mod, params, replacements = adapted
+    res = distill(model, replacements, calib[:400], steps=40, lr=0.5, eval_every=5, patience=None, progress=False)
+    start, expected = res.evaluations[0][1], []
+    for step, loss, _ in res.evaluations[1:]:
+        if loss < start:
+            break
+        expected.append(step)
+    assert expected, "lr=0.5 never made an evaluation worse than the start: the test shows nothing"
+    assert res.restarts == expected
+    assert res.loss_after == min(loss for _, loss, _ in res.evaluations) <= res.loss_before
+    # Sent back: the weights right after a restart are the starting ones, so a run that stops there
+    # (patience 1) hands back exactly the weights it started from.
+    stopped = distill(model, replacements, calib[:400], steps=40, lr=0.5, eval_every=5, patience=1, progress=False)
+    assert stopped.restarts == expected[:1] and stopped.best_step == 0 and stopped.stopped_early
+    for sid, (_, w0) in replacements.items():
+        for name, value in w0.items():
+            np.testing.assert_array_equal(stopped.weights[sid][name], np.asarray(value, dtype=np.float32))
