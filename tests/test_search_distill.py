@@ -143,6 +143,7 @@ def test_a_second_round_starts_from_the_final_distillation_on_the_sites_still_ke
     assert all(set(c) - set(replaced_before) <= set(kept) for c in extended)
 
 
+@pytest.mark.slow  # a whole search with a distillation per replaced site (~1 min); the option is off by default
 def test_each_replaced_site_is_distilled_before_the_next_site_is_judged(trained, tmp_path):
     """recover_steps: after a site is replaced its configuration is distilled (on the final
     distillation's inputs), and the search goes on from the distilled one when it scores no worse."""
