@@ -202,7 +202,6 @@ class GreedyLeastEfficientFirst(SearchStrategy):
             decision["reason"] = (f"kept: the fastest accurate candidate ({best.rule}) is not faster than the "
                                   f"original ({in_model})")
 
-
     @staticmethod
     def _recover(search: "GOSearch", site_id: str, choices: Choices, decision: dict) -> None:
         """Distil the configuration just accepted (`recover_steps`, on the final distillation's inputs)
