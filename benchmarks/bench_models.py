@@ -166,6 +166,9 @@ def machine_info() -> dict:
         except Exception:  # noqa: BLE001 - recorded as missing
             info[name] = None
     info.update(_gos_tvm_source())  # update copies: the cached dict stays as taken
+    from gos_tvm.threads import configure_runtime_threads
+
+    info["tvm_threads"] = configure_runtime_threads()  # TVM_NUM_THREADS=1 tunes and times for one thread
     try:
         info["loadavg_at_start"] = os.getloadavg()
     except OSError:
@@ -386,6 +389,11 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     else:
         lat["onnxruntime"] = na("ONNX export failed")
     rec["latency"] = lat
+    if result.device.is_local and not result.device.emulated:
+        # What a user ships, kept for timing outside this process (bench_runtime_threads.py --library).
+        rec["libraries"] = {which: str(result.export_library(work / f"{tag}_{which}.so", config))
+                            for which, config in (("original", dataclasses.replace(result.chosen, choices={})),
+                                                  ("adapted", result.chosen))}
     # The tuned TVM models and onnxruntime / PyTorch in one process, taking turns: the ratio to
     # onnxruntime then compares runtimes in the same host minutes (the columns above are timed apart).
     if rec["onnx"].get("path") and result.device.is_local and not result.device.emulated:

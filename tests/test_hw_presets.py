@@ -57,6 +57,7 @@ def test_resolve_target_accepts_presets_dicts_and_targets():
 
 def test_preset_overrides():
     assert preset("local", num_cores=1).num_cores == 1
+    assert int(preset("local", num_cores=1).target.attrs["num-cores"]) == 1
     assert preset("rasp3b", key="pi-lab").key == "pi-lab"
     emu = preset("rasp3b-aarch64").as_emulated()
     assert emu.emulated and "emulated" in emu.label
@@ -128,3 +129,13 @@ def test_preset_is_exported_from_the_package():
     import gos_tvm
 
     assert isinstance(gos_tvm.preset("local"), Preset)
+
+
+def test_local_preset_has_as_many_cores_as_the_runtime_has_threads(monkeypatch):
+    """Kernels are tuned for the threads they will run on: TVM_NUM_THREADS=1 tunes for one core."""
+    from gos_tvm.threads import configure_runtime_threads
+
+    assert preset("local").num_cores == configure_runtime_threads()
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
+    local = preset("local")
+    assert local.num_cores == 1 == int(local.target.attrs["num-cores"]) and "1 cores" in local.label

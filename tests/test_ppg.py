@@ -189,5 +189,5 @@ def test_tutorial_small_end_to_end(tmp_path):
     assert det["end_to_end_median_s"] == res["latency_local_s"]
     assert set(res["heartpy"]) == {"0", "1", "2"} and any(v["windows"] for v in res["heartpy"].values())
     # onnxruntime and PyTorch on the original, timed beside the tuned TVM models in the same run
-    assert set(res["alternatives"]["runtimes"]) == {"TVM original (tuned)", "onnxruntime (original)",
-                                                    "PyTorch eager (original)", "TVM adapted (tuned)"}
+    assert {"TVM original (tuned)", "onnxruntime (original)", "PyTorch eager (original)",
+            "TVM adapted (tuned)"} <= set(res["alternatives"]["runtimes"])

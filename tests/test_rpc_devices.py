@@ -238,3 +238,7 @@ def test_servers_run_kernels_on_this_process_thread_count_shared_between_them(po
     with LocalDevicePool("gos-test-alone", n_servers=1, startup_timeout=120) as alone:
         assert server_threads(alone) == [threads]
     assert server_threads(pool) == [max(1, threads // 2)] * 2
+    with LocalDevicePool("gos-test-one", n_servers=1, startup_timeout=120, threads=1) as one:
+        assert server_threads(one) == [1]  # a device preset for one core is timed on one thread
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+        LocalDevicePool("gos-test-none", n_servers=1, threads=0)

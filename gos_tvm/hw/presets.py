@@ -111,7 +111,11 @@ def _host_cpu() -> str | None:
 def _local(num_cores: int | None = None) -> Preset:
     import tvm
 
-    n = int(num_cores or os.cpu_count() or 1)
+    from ..threads import configure_runtime_threads
+
+    # The cores a kernel runs on here are the threads TVM's runtime runs it with (TVM_NUM_THREADS,
+    # else this host's physical cores): tuning for more than that tunes parallel loops no thread runs.
+    n = int(num_cores or configure_runtime_threads())
     cpu = _host_cpu()
     config = cpu_target_config(n, mcpu=cpu)
     return Preset("local", tvm.target.Target(config), None, n, "local",
@@ -165,8 +169,10 @@ PRESET_NAMES: tuple[str, ...] = tuple(_PRESETS)
 def preset(name: str, *, key: str | None = None, num_cores: int | None = None) -> Preset:
     """The device preset called `name`: one of 'local', 'rasp3b', 'rasp3b-aarch64', 'redmi-note-7s'.
 
-    `key` overrides the default RPC key; `num_cores` overrides the core count of `local`
-    (e.g. to tune for one core of this machine).  An unknown name raises ValueError listing the presets.
+    `key` overrides the default RPC key; `num_cores` overrides the core count of `local` (default:
+    the threads TVM runs kernels with in this process, `gos_tvm.threads`); the search's local RPC
+    server then runs kernels on that many threads (e.g. ``num_cores=1`` tunes and times for one
+    thread, which can beat two on a small model: no wake-ups between short kernels).  An unknown name raises ValueError listing the presets.
     """
     if isinstance(name, Preset):
         return name.with_key(key) if key else name

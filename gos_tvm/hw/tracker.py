@@ -382,19 +382,22 @@ class LocalDevicePool:
             host, port, key = pool
             tune_primfunc(func, "local", tracker=(host, port), key=key)
 
-    Start-up waits at most `startup_timeout` s (DeviceUnavailableError with the processes' logs
+    Each server runs kernels on `threads` threads (default: this process's count, `gos_tvm.threads`,
+    shared between the servers).  Start-up waits at most `startup_timeout` s (DeviceUnavailableError with the processes' logs
     otherwise); on exit every process (and its children) is terminated.  `kill_server(i)` kills one
     server abruptly (SIGKILL to its process group), as a device that dies would.
     """
 
     def __init__(self, key: str = "local", n_servers: int = 2, *, host: str = "127.0.0.1",
-                 startup_timeout: float = 90.0, log_dir: str | Path | None = None):
+                 startup_timeout: float = 90.0, log_dir: str | Path | None = None, threads: int | None = None):
         if n_servers < 0:
             raise ValueError("n_servers must be >= 0")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be an integer >= 1 (threads each server runs kernels with), got {threads!r}")
         self.key, self.n_servers, self.host = key, n_servers, host
-        # Servers on one host measure side by side: each gets its share of the cores, so that
-        # parallel measurements do not take threads from each other.
-        self.server_threads = max(1, configure_runtime_threads() // max(1, n_servers))
+        # Servers on one host measure side by side: by default each gets its share of the cores, so
+        # that parallel measurements do not take threads from each other.
+        self.server_threads = threads or max(1, configure_runtime_threads() // max(1, n_servers))
         self.startup_timeout = startup_timeout
         self._own_log_dir = log_dir is None
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="gos_tvm_rpc_"))
