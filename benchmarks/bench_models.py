@@ -59,7 +59,9 @@ NOISE_NOTE = ("Latencies are from one run on a shared 2-core virtual machine (it
               "jobs; each record keeps the load average at its start); expect run-to-run variation of up to tens of "
               "percent in absolute numbers. The speed-up compares the original and the adapted model timed "
               "alternately in the same minute. TVM numbers are measured over the local RPC server, PyTorch / "
-              "onnxruntime in-process, all at batch 1, float32, 2 threads.")
+              "onnxruntime in-process, all at batch 1, float32, 2 threads (TVM at the machine's tvm_threads "
+              "where a record has it: TVM_NUM_THREADS=1 tunes and times TVM on one); the alternating comparison "
+              "times onnxruntime at 1 and 2 threads and compares with the faster.")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

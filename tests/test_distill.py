@@ -272,3 +272,26 @@ def test_a_step_too_large_for_the_starting_weights_is_halved_from_them(adapted):
     for sid, (_, w0) in replacements.items():
         for name, value in w0.items():
             np.testing.assert_array_equal(stopped.weights[sid][name], np.asarray(value, dtype=np.float32))
+
+
+def test_the_originals_outputs_are_computed_once_for_distillations_on_the_same_inputs(adapted, monkeypatch):
+    """The search distils configuration after configuration on the same inputs: the frozen original
+    runs over them once, and what it returned is what a fresh computation gives."""
+    distill_module = sys.modules["gos_tvm.fit.distill"]  # the module: gos_tvm.fit.distill is also the function
+
+    model, split, calib, mod, params, replacements = adapted
+    x = calib[:300]
+    teacher_runs = []
+    forward = distill_module._forward
+    monkeypatch.setattr(distill_module, "_forward",
+                        lambda m, xs, *a: (teacher_runs.append(m) if len(xs) == len(x) else None) or forward(m, xs, *a))
+    distill_module._TEACHER_OUTPUTS.clear()
+    one = {"2": replacements["2"]}
+    first = distill(model, one, x, steps=10, eval_every=5, progress=False)
+    second = distill(model, replacements, x, steps=10, eval_every=5, progress=False)
+    assert len(teacher_runs) == 1  # the second distillation reused the original's outputs
+    distill_module._TEACHER_OUTPUTS.clear()
+    again = distill(model, replacements, x, steps=10, eval_every=5, progress=False)
+    assert len(teacher_runs) == 2 and again.evaluations == second.evaluations
+    other = distill(model, one, calib[:301], steps=10, eval_every=5, progress=False)  # other inputs: run again
+    assert other.loss_before != first.loss_before and len(distill_module._TEACHER_OUTPUTS) == 1

@@ -275,10 +275,7 @@ def _batch_indices(step: int, n_train: int, batch_size: int, seed: int) -> np.nd
     return order[k * batch_size:(k + 1) * batch_size]
 
 
-def _fingerprint(original: Any, replacements: Mapping[str, Replacement], x: np.ndarray,
-                 settings: Mapping[str, Any]) -> str:
-    h = hashlib.sha256()
-    h.update(repr(sorted(settings.items())).encode())
+def _hash_original(h: Any, original: Any) -> None:
     if _is_relax_model(original):
         mod, params = original
         h.update(mod.script(show_meta=False).encode())  # TVM 0.27 has no tvm.ir.structural_hash
@@ -288,15 +285,48 @@ def _fingerprint(original: Any, replacements: Mapping[str, Replacement], x: np.n
     for name, value in state.items():
         h.update(name.encode())
         h.update(_numpy(value).tobytes() if value.is_floating_point() else value.cpu().numpy().tobytes())
+
+
+def _hash_inputs(h: Any, x: np.ndarray) -> None:
+    h.update(repr(x.shape).encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+
+
+def _fingerprint(original: Any, replacements: Mapping[str, Replacement], x: np.ndarray,
+                 settings: Mapping[str, Any]) -> str:
+    h = hashlib.sha256()
+    h.update(repr(sorted(settings.items())).encode())
+    _hash_original(h, original)
     for site_id in sorted(replacements):
         program, weights = replacements[site_id]
         h.update(f"{site_id}:{program.structural_hash}".encode())
         for name in sorted(weights):
             h.update(name.encode())
             h.update(_numpy(weights[name]).tobytes())
-    h.update(repr(x.shape).encode())
-    h.update(np.ascontiguousarray(x).tobytes())
+    _hash_inputs(h, x)
     return h.hexdigest()
+
+
+#: The original model's outputs on the last inputs it was asked for, keyed by a hash of both: the
+#: search distils one configuration after another on the same inputs (each per-site recovery, then
+#: the final distillation, then the next round's), and the frozen original's outputs on tens of
+#: thousands of images cost it seconds per call.  One entry, so memory stays one output array.
+_TEACHER_OUTPUTS: dict[str, torch.Tensor] = {}
+
+
+def _teacher_outputs(original: Any, x: torch.Tensor, x_all: np.ndarray) -> torch.Tensor:
+    """The frozen original's outputs on `x` (= `x_all`), from `_TEACHER_OUTPUTS` when it holds them."""
+    h = hashlib.sha256()
+    _hash_original(h, original)
+    _hash_inputs(h, x_all)
+    key = h.hexdigest()
+    if key not in _TEACHER_OUTPUTS:
+        teacher = trainable_model(original, {}) if _is_relax_model(original) else copy.deepcopy(original).eval()
+        with torch.no_grad():
+            y = _forward(teacher, x)
+        _TEACHER_OUTPUTS.clear()
+        _TEACHER_OUTPUTS[key] = y
+    return _TEACHER_OUTPUTS[key]
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
@@ -372,10 +402,8 @@ def distill(original: torch.nn.Module | tuple[Any, Mapping[str, np.ndarray]], re
     student = trainable_model(original, replacements)
     sites = _site_modules(student)
     params = [p for s in sites.values() for p in s.parameters()]
-    teacher = trainable_model(original, {}) if _is_relax_model(original) else copy.deepcopy(original).eval()
     x = torch.from_numpy(x_all)
-    with torch.no_grad():
-        y = _forward(teacher, x)
+    y = _teacher_outputs(original, x, x_all)
     train, held = _split(len(x), holdout, seed)
     x_tr, y_tr = x[train], y[train]
     x_ev, y_ev = (x[held], y[held]) if len(held) else (x_tr, y_tr)
