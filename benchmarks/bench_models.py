@@ -396,6 +396,16 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
         rec["libraries"] = {which: str(result.export_library(work / f"{tag}_{which}.so", config))
                             for which, config in (("original", dataclasses.replace(result.chosen, choices={})),
                                                   ("adapted", result.chosen))}
+        # Each at each thread count in fresh processes: they need not run best at the same one.
+        from gos_tvm.hw.deploy_threads import time_library_at_threads
+
+        rec["deploy_threads"] = {}
+        for which, path in rec["libraries"].items():
+            timed = time_library_at_threads(path, x1_np)
+            rec["deploy_threads"][which] = {**timed, "seconds": {str(t): v for t, v in timed["seconds"].items()}}
+        best = {w: min(d["seconds"].values()) for w, d in rec["deploy_threads"].items()}
+        rec["speedup_each_at_its_best_threads"] = best["original"] / best["adapted"]
+        print(f"[{name}] each at its fastest thread count: {rec['deploy_threads']}", flush=True)
     # The tuned TVM models and onnxruntime / PyTorch in one process, taking turns: the ratio to
     # onnxruntime then compares runtimes in the same host minutes (the columns above are timed apart).
     if rec["onnx"].get("path") and result.device.is_local and not result.device.emulated:

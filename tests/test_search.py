@@ -161,6 +161,23 @@ def test_exported_library_agrees_with_adapted_module(resumed, tmp_path):
     assert (got.argmax(1) == split.y_val[:3]).mean() >= 2 / 3
 
 
+@pytest.mark.slow  # ~70 s: the CLI resumes the search and times the alternatives before the threads
+def test_cli_rerun_exports_and_names_the_thread_count_to_ship_with(resumed, tmp_path):
+    """`gos-tvm tune --export` on a finished work directory resumes it, exports the library and
+    times it at 1 and this host's cores threads, each in a fresh process."""
+    result, _, _ = resumed
+    library = tmp_path / "adapted.so"
+    out = subprocess.run([sys.executable, "-m", "gos_tvm.cli", "tune", "--layout", "NCHW", "--work-dir",
+                          str(result.work_dir), *CLI_BUDGET, "--export", str(library)],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    saved = json.loads((result.work_dir / "deploy_threads.json").read_text())
+    assert saved["library"] == str(library) and library.stat().st_size > 1000
+    assert set(saved["seconds"]) == {str(t) for t in {1, host_cores()}}
+    assert saved["seconds"][str(saved["best"])] == min(saved["seconds"].values())
+    assert f"fastest with TVM_NUM_THREADS={saved['best']}" in out.stdout
+
+
 def test_tuned_models_are_timed_beside_onnxruntime_and_pytorch(resumed):
     """The comparison a user makes: onnxruntime and PyTorch on the original, beside the tuned TVM
     models, all computing the original's outputs, timed in turns, written to alternatives.json."""

@@ -160,8 +160,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {result.report_path}\nPareto plot: {result.plot_path}")
         if args.export:
             print(f"exported: {result.export_library(args.export)}")
+            _deploy_threads(result, args.export, val[0][:1])
         _compare_with_alternatives(result, val[0][:1], torch_model=None if args.onnx else model, onnx_path=args.onnx)
     return 0
+
+
+def _deploy_threads(result, library: str, example) -> None:
+    """Time the exported library at 1 and this host's cores threads and say which to ship it with
+    (`hw.deploy_threads`); written to `work_dir/deploy_threads.json`."""
+    if not result.device.is_local or result.device.emulated:
+        return  # a board's library does not run here
+    from ..hw.deploy_threads import time_library_at_threads
+    from .store import write_json_atomic
+
+    print("timing the exported library at each TVM_NUM_THREADS, each in a fresh process ...")
+    out = time_library_at_threads(library, example)
+    write_json_atomic(result.work_dir / "deploy_threads.json",
+                      {"library": str(library), **out, "seconds": {str(t): v for t, v in out["seconds"].items()}})
+    timings = ", ".join(f"{t} thread{'s' if t > 1 else ''} {v * 1e3:.3f} ms" for t, v in out["seconds"].items())
+    print(f"fastest with TVM_NUM_THREADS={out['best']} ({timings}): set it in the process that loads {library}")
 
 
 def _compare_with_alternatives(result, example, *, torch_model, onnx_path) -> None:

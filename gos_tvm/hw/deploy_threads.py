@@ -1,0 +1,83 @@
+"""Which ``TVM_NUM_THREADS`` to ship an exported library with, found by timing it on this machine.
+
+TVM's runtime sizes its thread pool once per process, so the only way to compare thread counts is
+one fresh process per count.  The answer depends on the model, not just the machine: an adapted
+model made of many short kernels can run faster on one thread than on two, because every parallel
+kernel wakes the pool's other threads (vgg-style on Fashion-MNIST, 2-core Xeon: the adapted model
+81 us on one thread, 129 us on two; its original 174 us on one, 140 us on two).
+
+Each count is timed the way a Python caller sees it, one batch-1 call at a time (median of
+`calls` calls), the counts taking turns for `rounds` rounds; a count's time is its best round.
+Only for libraries built for this machine's CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ..threads import THREAD_VARIABLES, host_cores
+
+# A fresh process that imports TVM only (gos_tvm would set the variable) and times the library.
+_CHILD = r"""
+import json, sys, time
+import numpy as np
+import tvm, tvm_ffi
+from tvm import relax
+
+library, example, calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
+vm = relax.VirtualMachine(tvm.runtime.load_module(library), tvm.cpu())
+x = tvm.runtime.tensor(np.load(example))
+main = vm["main"]
+for _ in range(min(calls, 200)):
+    main(x)
+times = []
+for _ in range(calls):
+    t0 = time.perf_counter()
+    main(x)
+    times.append(time.perf_counter() - t0)
+print("RESULT " + json.dumps({"median_s": float(np.median(times)),
+                              "threads": int(tvm_ffi.get_global_func("runtime.NumThreads")())}))
+"""
+
+
+def time_library_at_threads(library: str | os.PathLike, example: np.ndarray, *,
+                            threads: Iterable[int] | None = None, rounds: int = 3, calls: int = 300) -> dict:
+    """Time the exported Relax library `library` on `example` (one batch-1 input) under each
+    ``TVM_NUM_THREADS`` in `threads` (default: 1 and this host's physical cores), each in a fresh
+    process.  Returns ``{"seconds": {count: best round's median per call}, "best": count, "rounds",
+    "calls"}``.  RuntimeError with the child's error when the library does not run here."""
+    counts = sorted({int(t) for t in (threads or (1, host_cores()))})
+    if not counts or counts[0] < 1 or rounds < 1 or calls < 1:
+        raise ValueError(f"need thread counts >= 1, rounds >= 1 and calls >= 1; got {counts}, {rounds}, {calls}")
+    library = Path(library)
+    if not library.is_file():
+        raise FileNotFoundError(f"no library at {library}: export one with TuneResult.export_library")
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    seconds: dict[int, list[float]] = {t: [] for t in counts}
+    with tempfile.TemporaryDirectory(prefix="gos_tvm_threads_") as tmp:
+        example_path = Path(tmp) / "example.npy"
+        np.save(example_path, np.ascontiguousarray(example, dtype="float32"))
+        for _ in range(rounds):  # the counts take turns: a slow minute on a shared host hits all of them
+            for t in counts:
+                out = subprocess.run([sys.executable, "-c", _CHILD, str(library), str(example_path), str(calls)],
+                                     env={**env, "TVM_NUM_THREADS": str(t)}, capture_output=True, text=True,
+                                     timeout=600)
+                if out.returncode != 0:
+                    raise RuntimeError(f"{library} did not run with TVM_NUM_THREADS={t} (a library built for "
+                                       f"another CPU?):\n{out.stderr[-2000:]}")
+                result = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+                if result["threads"] != t:
+                    raise RuntimeError(f"TVM ran {result['threads']} threads where TVM_NUM_THREADS={t} was set")
+                seconds[t].append(result["median_s"])
+    best = {t: min(v) for t, v in seconds.items()}
+    return {"seconds": best, "best": min(best, key=best.get), "rounds": rounds, "calls": calls}
+
+
+__all__ = ["time_library_at_threads"]
