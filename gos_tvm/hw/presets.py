@@ -172,7 +172,7 @@ def preset(name: str, *, key: str | None = None, num_cores: int | None = None) -
     `key` overrides the default RPC key; `num_cores` overrides the core count of `local` (default:
     the threads TVM runs kernels with in this process, `gos_tvm.threads`); the search's local RPC
     server then runs kernels on that many threads (e.g. ``num_cores=1`` tunes and times for one
-    thread, which can beat two on a small model: no wake-ups between short kernels).  An unknown name raises ValueError listing the presets.
+    thread).  An unknown name raises ValueError listing the presets.
     """
     if isinstance(name, Preset):
         return name.with_key(key) if key else name

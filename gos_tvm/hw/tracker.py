@@ -383,9 +383,10 @@ class LocalDevicePool:
             tune_primfunc(func, "local", tracker=(host, port), key=key)
 
     Each server runs kernels on `threads` threads (default: this process's count, `gos_tvm.threads`,
-    shared between the servers).  Start-up waits at most `startup_timeout` s (DeviceUnavailableError with the processes' logs
-    otherwise); on exit every process (and its children) is terminated.  `kill_server(i)` kills one
-    server abruptly (SIGKILL to its process group), as a device that dies would.
+    shared between the servers).  Start-up waits at most `startup_timeout` s
+    (DeviceUnavailableError with the processes' logs otherwise); on exit every process (and its
+    children) is terminated.  `kill_server(i)` kills one server abruptly (SIGKILL to its process
+    group), as a device that dies would.
     """
 
     def __init__(self, key: str = "local", n_servers: int = 2, *, host: str = "127.0.0.1",
