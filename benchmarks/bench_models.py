@@ -363,6 +363,8 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     # (tuned schedules where the device is this machine: 10,000 batch-1 calls with default schedules take minutes)
     t0 = time.time()
 
+    untuned = []  # executables compiled with default schedules: judged for accuracy, not exported
+
     def executable(config):
         mod_, params_ = result.build(config)
         if result.device.is_local:
@@ -370,10 +372,13 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
                 return result.compile(config)
             except Exception as err:  # noqa: BLE001 - fall back to default schedules; accuracy does not depend on them
                 print(f"[{name}] compiling with the tuned schedules failed ({err}); default schedules", flush=True)
+                untuned.append(config)
         return graph.compile_module(mod_, params_)  # a board's executable does not run here: the host build
 
-    acc_orig = tvm_accuracy(executable(dataclasses.replace(result.chosen, choices={})), split.x_test, split.y_test)
-    acc_adapt = tvm_accuracy(executable(result.chosen), split.x_test, split.y_test)
+    executables = {"original": executable(dataclasses.replace(result.chosen, choices={})),
+                   "adapted": executable(result.chosen)}
+    acc_orig = tvm_accuracy(executables["original"], split.x_test, split.y_test)
+    acc_adapt = tvm_accuracy(executables["adapted"], split.x_test, split.y_test)
     rec["test_accuracy"] = {"original": acc_orig, "adapted": acc_adapt, "delta_points": 100 * (acc_adapt - acc_orig),
                             "seconds": time.time() - t0}
 
@@ -391,11 +396,12 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     else:
         lat["onnxruntime"] = na("ONNX export failed")
     rec["latency"] = lat
-    if result.device.is_local and not result.device.emulated:
-        # What a user ships, kept for timing outside this process (bench_runtime_threads.py --library).
-        rec["libraries"] = {which: str(result.export_library(work / f"{tag}_{which}.so", config))
-                            for which, config in (("original", dataclasses.replace(result.chosen, choices={})),
-                                                  ("adapted", result.chosen))}
+    if result.device.is_local and not result.device.emulated and not untuned:
+        # What a user ships (the executables judged above), kept for timing outside this process.
+        rec["libraries"] = {}
+        for which, ex in executables.items():
+            ex.export_library(str(work / f"{tag}_{which}.so"))
+            rec["libraries"][which] = str(work / f"{tag}_{which}.so")
         # Each at each thread count in fresh processes: they need not run best at the same one.
         from gos_tvm.hw.deploy_threads import time_library_at_threads
 

@@ -1,25 +1,19 @@
 """Export run C's (two threads, benchmarks/results/fashion_mnist_recover/rounds2) tuned original and
 adapted vgg-style as libraries, by resuming its work directory /work/fm15 (so it runs only on the
-machine that has it).  Run with TVM_NUM_THREADS=2: the run was tuned for two cores."""
+machine that has it).  Run with TVM_NUM_THREADS=2: the run was tuned for two cores.
+
+    TVM_NUM_THREADS=2 python benchmarks/results/fashion_mnist_threads/export_two_thread_run.py OUT_DIR
+"""
 import dataclasses
 import os
 import sys
+from pathlib import Path
 
-import torch
-
-import gos_tvm
-from gos_tvm import graph, models
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fashion_mnist_recover" / "rounds2"))
+from run_c import resume_run_c  # noqa: E402
 
 assert os.environ.get("TVM_NUM_THREADS") == "2", "run C was tuned for two threads: TVM_NUM_THREADS=2"
 out = sys.argv[1]
-model, split = models.trained_model("vgg-style", "/work/fm15/weights", epochs=6, seed=0, dataset="fashion-mnist")
-model.eval()
-mod, params = gos_tvm.from_torch(model, torch.from_numpy(split.x_train[:1]))
-with graph.conv_layout("NHWC"):
-    result = gos_tvm.tune(mod, "local", params=params, calib_data=split.x_train, val_data=(split.x_val, split.y_val),
-                          accuracy_budget=0.01, trials_per_task=64, seed=0, final_distill_steps=1500,
-                          recover_steps=300, rounds=2,
-                          warm_start_database="/work/fm13/gos_vgg-style-fashion-mnist-nhwc/database",
-                          work_dir="/work/fm15/gos_vgg-style-fashion-mnist-nhwc")
+result, _ = resume_run_c()
 for which, config in (("original", dataclasses.replace(result.chosen, choices={})), ("adapted", result.chosen)):
     print(result.export_library(f"{out}/vgg2t_{which}.so", config))

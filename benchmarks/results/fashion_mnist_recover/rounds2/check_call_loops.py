@@ -3,19 +3,12 @@ import dataclasses, json, time
 import numpy as np, torch
 import tvm
 from tvm import relax
-import gos_tvm
-from gos_tvm import models, graph
+from pathlib import Path
 
-model, split = models.trained_model("vgg-style", "/work/fm15/weights", epochs=6, seed=0, dataset="fashion-mnist")
-model.eval()
-mod, params = gos_tvm.from_torch(model, torch.from_numpy(split.x_train[:1]))
-with graph.conv_layout("NHWC"):
-    result = gos_tvm.tune(mod, "local", params=params, calib_data=split.x_train, val_data=(split.x_val, split.y_val),
-                          accuracy_budget=0.01, trials_per_task=64, seed=0, final_distill_steps=1500,
-                          recover_steps=300, rounds=2,
-                          warm_start_database="/work/fm13/gos_vgg-style-fashion-mnist-nhwc/database",
-                          work_dir="/work/fm15/gos_vgg-style-fashion-mnist-nhwc")
-    exes = {"original": result.compile(dataclasses.replace(result.chosen, choices={})), "adapted": result.compile()}
+from run_c import resume_run_c
+
+result, split = resume_run_c()
+exes = {"original": result.compile(dataclasses.replace(result.chosen, choices={})), "adapted": result.compile()}
 dev = tvm.cpu()
 x = tvm.runtime.tensor(np.ascontiguousarray(split.x_test[:1]), dev)
 out = {}
@@ -33,4 +26,4 @@ for name, ex in exes.items():
     te = vm.time_evaluator("main", dev, number=200, repeat=5)(x)
     out[name] = {"python_loop_us": [round(v * 1e6, 1) for v in py], "time_evaluator_us": [round(v * 1e6, 1) for v in te.results]}
     print(name, out[name])
-json.dump(out, open("/work/exp/overhead.json", "w"), indent=1)
+json.dump(out, open(Path(__file__).with_name("call_loops.json"), "w"), indent=1)

@@ -1,21 +1,15 @@
 import dataclasses
 import numpy as np, torch, tvm
 from tvm import s_tir
-import gos_tvm
-from gos_tvm import models, graph
+from gos_tvm import graph
 from gos_tvm.hw.tuning.session import prepare_relax, resolve_target, verified_database, import_tensor_intrin
 from gos_tvm.hw.tuning.database import record_latency
 import tvm.s_tir.meta_schedule as ms
 
-model, split = models.trained_model("vgg-style", "/work/fm15/weights", epochs=6, seed=0, dataset="fashion-mnist")
-model.eval()
-mod, params = gos_tvm.from_torch(model, torch.from_numpy(split.x_train[:1]))
-with graph.conv_layout("NHWC"):
-    result = gos_tvm.tune(mod, "local", params=params, calib_data=split.x_train, val_data=(split.x_val, split.y_val),
-                          accuracy_budget=0.01, trials_per_task=64, seed=0, final_distill_steps=1500,
-                          recover_steps=300, rounds=2,
-                          warm_start_database="/work/fm13/gos_vgg-style-fashion-mnist-nhwc/database",
-                          work_dir="/work/fm15/gos_vgg-style-fashion-mnist-nhwc")
+from run_c import resume_run_c
+
+result, split = resume_run_c()
+with graph.conv_layout(result.conv_layout):
     db = result.tuning_database()
     tgt = resolve_target(result.device.target)
     import_tensor_intrin()

@@ -1,21 +1,16 @@
-"""Where the end-to-end time of vgg-style (run C) goes beyond its kernels: Python call vs the VM's own loop vs kernels."""
+"""Run C's tuned original and adapted vgg-style beside onnxruntime (2 threads), timed call by call in turns
+(10 rounds of 300 calls), under the TVM_NUM_THREADS this process was started with."""
 import dataclasses, json, time
 import numpy as np, torch
 import tvm
 from tvm import relax
-import gos_tvm
-from gos_tvm import models, graph
+import os
+from pathlib import Path
 
-model, split = models.trained_model("vgg-style", "/work/fm15/weights", epochs=6, seed=0, dataset="fashion-mnist")
-model.eval()
-mod, params = gos_tvm.from_torch(model, torch.from_numpy(split.x_train[:1]))
-with graph.conv_layout("NHWC"):
-    result = gos_tvm.tune(mod, "local", params=params, calib_data=split.x_train, val_data=(split.x_val, split.y_val),
-                          accuracy_budget=0.01, trials_per_task=64, seed=0, final_distill_steps=1500,
-                          recover_steps=300, rounds=2,
-                          warm_start_database="/work/fm13/gos_vgg-style-fashion-mnist-nhwc/database",
-                          work_dir="/work/fm15/gos_vgg-style-fashion-mnist-nhwc")
-    exes = {"original": result.compile(dataclasses.replace(result.chosen, choices={})), "adapted": result.compile()}
+from run_c import resume_run_c
+
+result, split = resume_run_c()
+exes = {"original": result.compile(dataclasses.replace(result.chosen, choices={})), "adapted": result.compile()}
 dev = tvm.cpu()
 x = tvm.runtime.tensor(np.ascontiguousarray(split.x_test[:1]), dev)
 vms = {n: relax.VirtualMachine(ex, dev)["main"] for n, ex in exes.items()}
@@ -34,4 +29,4 @@ for r in range(10):
 for n, v in res.items():
     med = [round(a, 1) for a, _ in v]; mn = [round(b, 1) for _, b in v]
     print(n, "round medians", med, "median of medians", round(float(np.median(med)), 1), "min", round(min(mn), 1))
-import os; json.dump({n: v for n, v in res.items()}, open(f"/work/exp/alternating_{os.environ.get('TVM_NUM_THREADS', 'default')}.json", "w"))
+json.dump(res, open(Path(__file__).with_name(f"alternating_tvm_threads_{os.environ.get('TVM_NUM_THREADS', 'default')}.json"), "w"))
