@@ -403,12 +403,10 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
             ex.export_library(str(work / f"{tag}_{which}.so"))
             rec["libraries"][which] = str(work / f"{tag}_{which}.so")
         # Each at each thread count in fresh processes: they need not run best at the same one.
-        from gos_tvm.hw.deploy_threads import time_library_at_threads
+        from gos_tvm.hw.deploy_threads import json_ready, time_libraries_at_threads
 
-        rec["deploy_threads"] = {}
-        for which, path in rec["libraries"].items():
-            timed = time_library_at_threads(path, x1_np)
-            rec["deploy_threads"][which] = {**timed, "seconds": {str(t): v for t, v in timed["seconds"].items()}}
+        timed = json_ready(time_libraries_at_threads(rec["libraries"], x1_np))
+        rec["deploy_threads"] = timed["libraries"]
         best = {w: min(d["seconds"].values()) for w, d in rec["deploy_threads"].items()}
         rec["speedup_each_at_its_best_threads"] = best["original"] / best["adapted"]
         print(f"[{name}] each at its fastest thread count: {rec['deploy_threads']}", flush=True)

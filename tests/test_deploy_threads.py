@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gos_tvm.graph import compile_module, export_library, from_torch
-from gos_tvm.hw.deploy_threads import time_library_at_threads
+from gos_tvm.hw.deploy_threads import json_ready, time_libraries_at_threads
 
 
 @pytest.fixture(scope="module")
@@ -20,19 +20,24 @@ def library(tmp_path_factory):
     return export_library(compile_module(mod, params), tmp_path_factory.mktemp("lib") / "model.so"), x
 
 
-def test_each_thread_count_is_timed_in_its_own_process_and_the_fastest_named(library):
+def test_each_library_and_thread_count_is_timed_in_its_own_process_and_the_fastest_named(library):
     path, x = library
-    out = time_library_at_threads(path, x, threads=(2, 1), rounds=1, calls=20)
-    assert set(out["seconds"]) == {1, 2} and all(0 < s < 0.1 for s in out["seconds"].values())
-    assert out["best"] == min(out["seconds"], key=out["seconds"].get)
-    assert (out["rounds"], out["calls"]) == (1, 20)
+    out = time_libraries_at_threads({"a": path, "b": path}, x, threads=(2, 1), rounds=1, calls=20)
+    assert set(out["libraries"]) == {"a", "b"} and (out["threads"], out["rounds"], out["calls"]) == ([1, 2], 1, 20)
+    for row in out["libraries"].values():
+        assert row["path"] == str(path) and set(row["seconds"]) == {1, 2}
+        assert all(0 < s < 0.1 for s in row["seconds"].values())
+        assert row["best"] == min(row["seconds"], key=row["seconds"].get)
+    assert json_ready(out)["libraries"]["a"]["seconds"] == {str(t): s for t, s in out["libraries"]["a"]["seconds"].items()}
 
 
 def test_what_cannot_be_timed_is_named(library, tmp_path):
     path, x = library
     with pytest.raises(FileNotFoundError, match="no library at"):
-        time_library_at_threads(tmp_path / "missing.so", x)
+        time_libraries_at_threads({"a": tmp_path / "missing.so"}, x)
     with pytest.raises(ValueError, match="thread counts >= 1"):
-        time_library_at_threads(path, x, threads=(0, 1))
+        time_libraries_at_threads({"a": path}, x, threads=(0, 1))
+    with pytest.raises(ValueError, match="no libraries to time"):
+        time_libraries_at_threads({}, x)
     with pytest.raises(RuntimeError, match="did not run with TVM_NUM_THREADS=1"):
-        time_library_at_threads(path, np.zeros((1, 3, 8, 8), "float32"), threads=(1,), rounds=1, calls=1)
+        time_libraries_at_threads({"a": path}, np.zeros((1, 3, 8, 8), "float32"), threads=(1,), rounds=1, calls=1)

@@ -172,10 +172,33 @@ def test_cli_rerun_exports_and_names_the_thread_count_to_ship_with(resumed, tmp_
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     saved = json.loads((result.work_dir / "deploy_threads.json").read_text())
-    assert saved["library"] == str(library) and library.stat().st_size > 1000
-    assert set(saved["seconds"]) == {str(t) for t in {1, host_cores()}}
-    assert saved["seconds"][str(saved["best"])] == min(saved["seconds"].values())
-    assert f"fastest with TVM_NUM_THREADS={saved['best']}" in out.stdout
+    assert saved["libraries"]["adapted"]["path"] == str(library) and library.stat().st_size > 1000
+    assert Path(saved["libraries"]["original"]["path"]).is_file()
+    for name, row in saved["libraries"].items():
+        assert set(row["seconds"]) == {str(t) for t in {1, host_cores()}}
+        assert f"{name:<8} fastest with TVM_NUM_THREADS={row['best']}" in out.stdout
+    assert f"speed-up with each model at its fastest count: {saved['speedup_each_at_its_best_threads']:.2f}x" \
+        in out.stdout
+
+
+def test_both_libraries_are_timed_at_each_thread_count(resumed):
+    """The speed-up a user ships is that of each model at its own fastest TVM_NUM_THREADS: both
+    libraries are exported, run (the original's library computes the original's outputs) and timed
+    at 1 and this host's cores, each in a fresh process."""
+    result, _, split = resumed
+    x = split.x_val[:1]
+    out = result.time_at_deploy_threads(x, threads=(1, 2), rounds=1, calls=10)
+    assert json.loads((result.work_dir / "deploy_threads.json").read_text()) == out
+    rows = out["libraries"]
+    assert set(rows) == {"original", "adapted"} and rows["original"]["path"] != rows["adapted"]["path"]
+    for row in rows.values():
+        assert set(row["seconds"]) == {"1", "2"} and all(0 < s < 0.1 for s in row["seconds"].values())
+        assert row["seconds"][str(row["best"])] == min(row["seconds"].values())
+    best = {name: min(row["seconds"].values()) for name, row in rows.items()}
+    assert out["speedup_each_at_its_best_threads"] == pytest.approx(best["original"] / best["adapted"])
+    original = graph.run(graph.load_vm(rows["original"]["path"]), x)[0]
+    expected = graph.run(graph.compile_module(result.original_mod, result.original_params), x)[0]
+    np.testing.assert_allclose(original, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_tuned_models_are_timed_beside_onnxruntime_and_pytorch(resumed):

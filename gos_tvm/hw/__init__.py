@@ -33,7 +33,7 @@ _LAZY = {
     "open_database": "tuning", "database_records": "tuning", "builder_and_runner": "tuning",
     # measurement
     "measure_module": "measure", "LatencyStats": "measure", "export_module": "measure",
-    "time_library_at_threads": "deploy_threads",
+    "time_libraries_at_threads": "deploy_threads",
     "import_tensor_intrin": "metaschedule._fastimport",
 }
 

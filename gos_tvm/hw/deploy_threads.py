@@ -6,9 +6,10 @@ model made of many short kernels can run faster on one thread than on two, becau
 kernel wakes the pool's other threads (vgg-style on Fashion-MNIST, 2-core Xeon: the adapted model
 81 us on one thread, 129 us on two; its original 174 us on one, 140 us on two).
 
-Each count is timed the way a Python caller sees it, one batch-1 call at a time (median of
-`calls` calls), the counts taking turns for `rounds` rounds; a count's time is its best round.
-Only for libraries built for this machine's CPU.
+Each library and count is timed the way a Python caller sees it, one batch-1 call at a time
+(median of `calls` calls), all of them taking turns for `rounds` rounds; a count's time is its best
+round.  Timing the original and the adapted library together gives the speed-up with each at its
+own fastest count.  Only for libraries built for this machine's CPU.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -47,37 +48,60 @@ print("RESULT " + json.dumps({"median_s": float(np.median(times)),
 """
 
 
-def time_library_at_threads(library: str | os.PathLike, example: np.ndarray, *,
-                            threads: Iterable[int] | None = None, rounds: int = 3, calls: int = 300) -> dict:
-    """Time the exported Relax library `library` on `example` (one batch-1 input) under each
-    ``TVM_NUM_THREADS`` in `threads` (default: 1 and this host's physical cores), each in a fresh
-    process.  Returns ``{"seconds": {count: best round's median per call}, "best": count, "rounds",
-    "calls"}``.  RuntimeError with the child's error when the library does not run here."""
+def time_libraries_at_threads(libraries: Mapping[str, str | os.PathLike], example: np.ndarray, *,
+                              threads: Iterable[int] | None = None, rounds: int = 3, calls: int = 300) -> dict:
+    """Time each exported Relax library of `libraries` (name -> path) on `example` (one batch-1
+    input) under each ``TVM_NUM_THREADS`` in `threads` (default: 1 and this host's physical cores),
+    each library and count in a fresh process, all of them taking turns in every round.
+
+    Returns ``{"libraries": {name: {"path", "seconds": {count: best round's median per call},
+    "best": count}}, "threads", "rounds", "calls"}``.  RuntimeError with the child's error when a
+    library does not run here."""
     counts = sorted({int(t) for t in (threads or (1, host_cores()))})
     if not counts or counts[0] < 1 or rounds < 1 or calls < 1:
         raise ValueError(f"need thread counts >= 1, rounds >= 1 and calls >= 1; got {counts}, {rounds}, {calls}")
-    library = Path(library)
-    if not library.is_file():
-        raise FileNotFoundError(f"no library at {library}: export one with TuneResult.export_library")
+    if not libraries:
+        raise ValueError("no libraries to time: give {name: path}")
+    paths = {name: Path(path) for name, path in libraries.items()}
+    for path in paths.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"no library at {path}: export one with TuneResult.export_library")
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-    seconds: dict[int, list[float]] = {t: [] for t in counts}
+    seconds = {name: {t: [] for t in counts} for name in paths}
     with tempfile.TemporaryDirectory(prefix="gos_tvm_threads_") as tmp:
         example_path = Path(tmp) / "example.npy"
         np.save(example_path, np.ascontiguousarray(example, dtype="float32"))
-        for _ in range(rounds):  # the counts take turns: a slow minute on a shared host hits all of them
-            for t in counts:
-                out = subprocess.run([sys.executable, "-c", _CHILD, str(library), str(example_path), str(calls)],
-                                     env={**env, "TVM_NUM_THREADS": str(t)}, capture_output=True, text=True,
-                                     timeout=600)
-                if out.returncode != 0:
-                    raise RuntimeError(f"{library} did not run with TVM_NUM_THREADS={t} (a library built for "
-                                       f"another CPU?):\n{out.stderr[-2000:]}")
-                result = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))[7:])
-                if result["threads"] != t:
-                    raise RuntimeError(f"TVM ran {result['threads']} threads where TVM_NUM_THREADS={t} was set")
-                seconds[t].append(result["median_s"])
-    best = {t: min(v) for t, v in seconds.items()}
-    return {"seconds": best, "best": min(best, key=best.get), "rounds": rounds, "calls": calls}
+        # Everything takes turns: a slow minute on a shared host hits every library and count alike.
+        for _ in range(rounds):
+            for name, path in paths.items():
+                for t in counts:
+                    seconds[name][t].append(_time_in_fresh_process(path, example_path, calls, t, env))
+    out = {}
+    for name, path in paths.items():
+        best = {t: min(v) for t, v in seconds[name].items()}
+        out[name] = {"path": str(path), "seconds": best, "best": min(best, key=best.get)}
+    return {"libraries": out, "threads": counts, "rounds": rounds, "calls": calls}
 
 
-__all__ = ["time_library_at_threads"]
+def json_ready(timed: Mapping) -> dict:
+    """A result of the functions above with its thread counts as strings (JSON object keys)."""
+    def convert(v):
+        if isinstance(v, Mapping):
+            return {str(k): convert(x) for k, x in v.items()}
+        return v
+    return convert(timed)
+
+
+def _time_in_fresh_process(library: Path, example_path: Path, calls: int, threads: int, env: dict) -> float:
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(library), str(example_path), str(calls)],
+                         env={**env, "TVM_NUM_THREADS": str(threads)}, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{library} did not run with TVM_NUM_THREADS={threads} (a library built for "
+                           f"another CPU?):\n{out.stderr[-2000:]}")
+    result = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    if result["threads"] != threads:
+        raise RuntimeError(f"TVM ran {result['threads']} threads where TVM_NUM_THREADS={threads} was set")
+    return result["median_s"]
+
+
+__all__ = ["time_libraries_at_threads", "json_ready"]

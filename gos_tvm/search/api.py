@@ -176,6 +176,38 @@ class TuneResult:
         write_json_atomic(self.work_dir / "alternatives.json", out)
         return out
 
+    def time_at_deploy_threads(self, example: np.ndarray, *, adapted_library: str | os.PathLike | None = None,
+                               threads: Sequence[int] | None = None, rounds: int = 3, calls: int = 300) -> dict:
+        """Which ``TVM_NUM_THREADS`` to ship each tuned model with, and the speed-up when each runs at
+        its own best count: the original and adapted libraries (the adapted one `adapted_library`,
+        if `export_library` already wrote it, else exported here; the original into
+        `work_dir/original.so`) timed on `example` at 1 and this host's cores, each count in a
+        fresh process (`hw.deploy_threads`).  A model of many short kernels can be fastest on one
+        thread while its original is fastest on all cores; the ratio users get is then that of each
+        at its best, not of both at TVM's count.  Writes `work_dir/deploy_threads.json` and returns
+        it (thread counts as strings): ``libraries`` (per model: ``seconds`` per count, ``best``) and
+        ``speedup_each_at_its_best_threads``.  Only for a device that is this machine."""
+        from ..hw.deploy_threads import json_ready, time_libraries_at_threads
+        from .store import write_json_atomic
+
+        if not self.device.is_local or self.device.emulated:
+            raise ValueError(f"the device is {self.device.name} ({self.device.label}): its libraries do not run on "
+                             "this host, so they are timed here only when the device is this machine")
+        libraries = {"original": self.export_library(self.work_dir / "original.so",
+                                                     dataclasses.replace(self.chosen, choices={}))}
+        if any(c is not None for c in self.chosen.choices.values()):
+            libraries["adapted"] = Path(adapted_library) if adapted_library else \
+                self.export_library(self.work_dir / "adapted.so")
+        out = json_ready(time_libraries_at_threads(libraries, example, threads=threads, rounds=rounds, calls=calls))
+        if "adapted" not in libraries:  # nothing replaced: the adapted model is the original
+            out["libraries"]["adapted"] = out["libraries"]["original"]
+        best = {name: min(row["seconds"].values()) for name, row in out["libraries"].items()}
+        out["speedup_each_at_its_best_threads"] = best["original"] / best["adapted"]
+        out["how"] = (f"each library called from Python in a fresh process per TVM_NUM_THREADS, batch 1, median of "
+                      f"{calls} calls, the libraries and counts taking turns for {rounds} rounds, best round")
+        write_json_atomic(self.work_dir / "deploy_threads.json", out)
+        return out
+
     def summary(self) -> str:
         o, a = self.original_latency, self.adapted_latency
         emulated = " (EMULATED device: not board timings)" if self.device.emulated else ""

@@ -166,19 +166,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _deploy_threads(result, library: str, example) -> None:
-    """Time the exported library at 1 and this host's cores threads and say which to ship it with
-    (`hw.deploy_threads`); written to `work_dir/deploy_threads.json`."""
+    """Time both tuned models' libraries at 1 and this host's cores threads, say which count to ship
+    the adapted one with and the speed-up with each at its best (`TuneResult.time_at_deploy_threads`;
+    written to `work_dir/deploy_threads.json`)."""
     if not result.device.is_local or result.device.emulated:
         return  # a board's library does not run here
-    from ..hw.deploy_threads import time_library_at_threads
-    from .store import write_json_atomic
-
-    print("timing the exported library at each TVM_NUM_THREADS, each in a fresh process ...")
-    out = time_library_at_threads(library, example)
-    write_json_atomic(result.work_dir / "deploy_threads.json",
-                      {"library": str(library), **out, "seconds": {str(t): v for t, v in out["seconds"].items()}})
-    timings = ", ".join(f"{t} thread{'s' if t > 1 else ''} {v * 1e3:.3f} ms" for t, v in out["seconds"].items())
-    print(f"fastest with TVM_NUM_THREADS={out['best']} ({timings}): set it in the process that loads {library}")
+    print("timing the original and adapted libraries at each TVM_NUM_THREADS, each in a fresh process ...")
+    out = result.time_at_deploy_threads(example, adapted_library=library)
+    for name, row in out["libraries"].items():
+        timings = ", ".join(f"{t} thread{'s' if int(t) > 1 else ''} {v * 1e3:.3f} ms" for t, v in row["seconds"].items())
+        print(f"  {name:<8} fastest with TVM_NUM_THREADS={row['best']} ({timings})")
+    print(f"set TVM_NUM_THREADS={out['libraries']['adapted']['best']} in the process that loads {library}; "
+          f"speed-up with each model at its fastest count: {out['speedup_each_at_its_best_threads']:.2f}x "
+          f"({result.work_dir / 'deploy_threads.json'})")
 
 
 def _compare_with_alternatives(result, example, *, torch_model, onnx_path) -> None:
