@@ -2,9 +2,10 @@
 
 TVM's runtime sizes its thread pool once per process, so the only way to compare thread counts is
 one fresh process per count.  The answer depends on the model, not just the machine: an adapted
-model made of many short kernels can run faster on one thread than on two, because every parallel
-kernel wakes the pool's other threads (vgg-style on Fashion-MNIST, 2-core Xeon: the adapted model
-81 us on one thread, 129 us on two; its original 174 us on one, 140 us on two).
+model made of many short kernels can run faster on one thread than on two (vgg-style on
+Fashion-MNIST, 2-core Xeon: the adapted model 81 us on one thread, 129 us on two; its original 174
+us on one, 140 us on two).  Why is not established: the pool's wake-ups are not it (spinning longer
+or not binding threads leaves the two-thread time as it is; README, "One thread").
 
 Each library and count is timed the way a Python caller sees it, one batch-1 call at a time
 (median of `calls` calls), all of them taking turns for `rounds` rounds; a count's time is its best
@@ -84,7 +85,7 @@ def time_libraries_at_threads(libraries: Mapping[str, str | os.PathLike], exampl
 
 
 def json_ready(timed: Mapping) -> dict:
-    """A result of the functions above with its thread counts as strings (JSON object keys)."""
+    """A result of `time_libraries_at_threads` with its thread counts as strings (JSON object keys)."""
     def convert(v):
         if isinstance(v, Mapping):
             return {str(k): convert(x) for k, x in v.items()}
