@@ -403,12 +403,11 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
             ex.export_library(str(work / f"{tag}_{which}.so"))
             rec["libraries"][which] = str(work / f"{tag}_{which}.so")
         # Each at each thread count in fresh processes: they need not run best at the same one.
-        from gos_tvm.hw.deploy_threads import json_ready, time_libraries_at_threads
+        from gos_tvm.hw.deploy_threads import json_ready, speedup_each_at_its_best_threads, time_libraries_at_threads
 
         timed = json_ready(time_libraries_at_threads(rec["libraries"], x1_np))
         rec["deploy_threads"] = timed["libraries"]
-        best = {w: min(d["seconds"].values()) for w, d in rec["deploy_threads"].items()}
-        rec["speedup_each_at_its_best_threads"] = best["original"] / best["adapted"]
+        rec["speedup_each_at_its_best_threads"] = speedup_each_at_its_best_threads(rec["deploy_threads"])
         print(f"[{name}] each at its fastest thread count: {rec['deploy_threads']}", flush=True)
     # The tuned TVM models and onnxruntime / PyTorch in one process, taking turns: the ratio to
     # onnxruntime then compares runtimes in the same host minutes (the columns above are timed apart).

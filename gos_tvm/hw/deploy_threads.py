@@ -93,6 +93,14 @@ def json_ready(timed: Mapping) -> dict:
     return convert(timed)
 
 
+def speedup_each_at_its_best_threads(libraries: Mapping[str, Mapping]) -> float:
+    """The original's time at its fastest thread count over the adapted model's at its own:
+    `libraries` is the ``libraries`` part of `time_libraries_at_threads`' result, with rows named
+    ``original`` and ``adapted``."""
+    best = {name: min(row["seconds"].values()) for name, row in libraries.items()}
+    return best["original"] / best["adapted"]
+
+
 def _time_in_fresh_process(library: Path, example_path: Path, calls: int, threads: int, env: dict) -> float:
     out = subprocess.run([sys.executable, "-c", _CHILD, str(library), str(example_path), str(calls)],
                          env={**env, "TVM_NUM_THREADS": str(threads)}, capture_output=True, text=True, timeout=600)
@@ -105,4 +113,4 @@ def _time_in_fresh_process(library: Path, example_path: Path, calls: int, thread
     return result["median_s"]
 
 
-__all__ = ["time_libraries_at_threads", "json_ready"]
+__all__ = ["time_libraries_at_threads", "json_ready", "speedup_each_at_its_best_threads"]

@@ -187,7 +187,7 @@ class TuneResult:
         at its best, not of both at TVM's count.  Writes `work_dir/deploy_threads.json` and returns
         it (thread counts as strings): ``libraries`` (per model: ``seconds`` per count, ``best``) and
         ``speedup_each_at_its_best_threads``.  Only for a device that is this machine."""
-        from ..hw.deploy_threads import json_ready, time_libraries_at_threads
+        from ..hw.deploy_threads import json_ready, speedup_each_at_its_best_threads, time_libraries_at_threads
         from .store import write_json_atomic
 
         if not self.device.is_local or self.device.emulated:
@@ -201,8 +201,7 @@ class TuneResult:
         out = json_ready(time_libraries_at_threads(libraries, example, threads=threads, rounds=rounds, calls=calls))
         if "adapted" not in libraries:  # nothing replaced: the adapted model is the original
             out["libraries"]["adapted"] = out["libraries"]["original"]
-        best = {name: min(row["seconds"].values()) for name, row in out["libraries"].items()}
-        out["speedup_each_at_its_best_threads"] = best["original"] / best["adapted"]
+        out["speedup_each_at_its_best_threads"] = speedup_each_at_its_best_threads(out["libraries"])
         out["how"] = (f"each library called from Python in a fresh process per TVM_NUM_THREADS, batch 1, median of "
                       f"{calls} calls, the libraries and counts taking turns for {rounds} rounds, best round")
         write_json_atomic(self.work_dir / "deploy_threads.json", out)
