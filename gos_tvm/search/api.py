@@ -70,6 +70,9 @@ class TuneResult:
     new_measurements: list[str] = field(default_factory=list, repr=False)
     fallback: dict | None = field(default=None, repr=False)  # the rejected adapted model's measurement, if any
     conv_layout: str = "NCHW"
+    # Executables by configuration: exporting, timing per thread count and comparing with
+    # onnxruntime each need the same two models, and a compile takes seconds.
+    _executables: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def speedup(self) -> float:
@@ -100,16 +103,20 @@ class TuneResult:
                              [self.candidates[c] for c in config.choices.values() if c is not None])
 
     def compile(self, config: Configuration | None = None):
-        """The device executable of `config`, with the tuned schedules applied."""
+        """The device executable of `config`, with the tuned schedules applied (compiled once per
+        configuration and result)."""
         from ..hw import compile_tuned
 
         from ..graph import conv_layout
 
         config = config or self.chosen
-        mod, params = self.build(config)
-        db = self.tuning_database()  # one database holds every model and kernel of the run
-        with conv_layout(self.conv_layout):  # the kernels the records were tuned for
-            return compile_tuned(mod, params, self.device, db)
+        key = tuple(sorted((site, c) for site, c in config.choices.items() if c is not None))
+        if key not in self._executables:
+            mod, params = self.build(config)
+            db = self.tuning_database()  # one database holds every model and kernel of the run
+            with conv_layout(self.conv_layout):  # the kernels the records were tuned for
+                self._executables[key] = compile_tuned(mod, params, self.device, db)
+        return self._executables[key]
 
     def export_library(self, path: str | os.PathLike, config: Configuration | None = None) -> Path:
         """Write the device's shared library (cross-compiled for board presets)."""
