@@ -179,8 +179,8 @@ def test_exported_libraries_compute_their_models_and_are_timed_at_each_thread_co
     adapted = result.export_library(tmp_path / "adapted.so")
     vm = graph.load_vm(str(adapted))
     got = np.concatenate([graph.run(vm, x[i:i + 1])[0] for i in range(len(x))])
-    expected = np.concatenate([graph.run(graph.compile_module(result.mod, result.params), x[i:i + 1])[0]
-                               for i in range(len(x))])
+    module = graph.compile_module(result.mod, result.params)
+    expected = np.concatenate([graph.run(module, x[i:i + 1])[0] for i in range(len(x))])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert (got.argmax(1) == split.y_val[:3]).mean() >= 2 / 3
 

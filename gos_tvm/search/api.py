@@ -72,7 +72,7 @@ class TuneResult:
     conv_layout: str = "NCHW"
     # Executables by configuration: exporting, timing per thread count and comparing with
     # onnxruntime each need the same two models, and a compile takes seconds.
-    _executables: dict = field(default_factory=dict, repr=False, compare=False)
+    _executables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def speedup(self) -> float:
