@@ -76,7 +76,7 @@ def time_libraries_at_threads(libraries: Mapping[str, str | os.PathLike], exampl
         for _ in range(rounds):
             for name, path in paths.items():
                 for t in counts:
-                    seconds[name][t].append(_time_in_fresh_process(path, example_path, calls, t, env))
+                    seconds[name][t].append(time_in_fresh_process(path, example_path, calls, t, env))
     out = {}
     for name, path in paths.items():
         best = {t: min(v) for t, v in seconds[name].items()}
@@ -101,7 +101,11 @@ def speedup_each_at_its_best_threads(libraries: Mapping[str, Mapping]) -> float:
     return best["original"] / best["adapted"]
 
 
-def _time_in_fresh_process(library: Path, example_path: Path, calls: int, threads: int, env: dict) -> float:
+def time_in_fresh_process(library: Path, example_path: Path, calls: int, threads: int,
+                          env: Mapping[str, str]) -> float:
+    """One library's median seconds per batch-1 call on the input saved at `example_path` (.npy),
+    in a fresh process with environment `env` and ``TVM_NUM_THREADS=threads`` (e.g. to compare
+    the thread pool's own settings, TVM_THREAD_POOL_SPIN_COUNT or TVM_BIND_THREADS, at one count)."""
     out = subprocess.run([sys.executable, "-c", _CHILD, str(library), str(example_path), str(calls)],
                          env={**env, "TVM_NUM_THREADS": str(threads)}, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
@@ -113,4 +117,4 @@ def _time_in_fresh_process(library: Path, example_path: Path, calls: int, thread
     return result["median_s"]
 
 
-__all__ = ["time_libraries_at_threads", "json_ready", "speedup_each_at_its_best_threads"]
+__all__ = ["time_libraries_at_threads", "time_in_fresh_process", "json_ready", "speedup_each_at_its_best_threads"]

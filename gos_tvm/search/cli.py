@@ -50,6 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recover-steps", type=int, default=None,
                    help="distil the configuration for this many steps after each site the search replaces, so the "
                         "next site is judged in a model whose accuracy is won back (default 0: off)")
+    p.add_argument("--tries-per-site", type=int, default=None,
+                   help="candidates fitted and accuracy-checked per site, bisecting the latency ranking (default 6)")
+    p.add_argument("--measure-per-site", type=int, default=None,
+                   help="accurate candidates per site tuned and measured on the device (default 2)")
+    p.add_argument("--distill-steps", type=int, default=None,
+                   help="end-to-end distillation steps for each configuration a candidate is judged in "
+                        "(default 60; 0: layer-wise fitting only)")
+    p.add_argument("--final-distill-steps", type=int, default=None,
+                   help="distillation steps for the chosen configuration (default 300)")
     p.add_argument("--budget", type=float, default=0.01, help="allowed accuracy drop (default 0.01 = 1 point)")
     p.add_argument("--max-sites", type=int, default=None, help="replace at most this many sites")
     p.add_argument("--work-dir", default="gos_work", help="work directory (rerun to resume; default gos_work)")
@@ -81,14 +90,19 @@ def run(args: argparse.Namespace) -> int:
                                          ("--max-sites", args.max_sites, 0, True),
                                          ("--screen-per-site", args.screen_per_site, 0, True),
                                          ("--recover-steps", args.recover_steps, 0, True),
+                                         ("--tries-per-site", args.tries_per_site, 1, True),
+                                         ("--measure-per-site", args.measure_per_site, 1, True),
+                                         ("--distill-steps", args.distill_steps, 0, True),
+                                         ("--final-distill-steps", args.final_distill_steps, 0, True),
                                          ("--seed", args.seed, 0, False)):
         check_int(flag, value, least, allow_none=optional)
     if args.time_budget is not None:
         check_float("--time-budget", args.time_budget, 0.0, min_exclusive=True)
     check_float("--budget", args.budget, 0.0)
     # Given only when set on the command line: otherwise SearchOptions keeps its own default.
-    search = {k: v for k, v in (("screen_per_site", args.screen_per_site), ("recover_steps", args.recover_steps))
-              if v is not None}
+    search = {name: getattr(args, name) for name in ("screen_per_site", "recover_steps", "tries_per_site",
+                                                     "measure_per_site", "distill_steps", "final_distill_steps")
+              if getattr(args, name) is not None}
     opts = check_options(dict(trials=args.trials, trials_per_task=args.trials_per_task, time_budget=args.time_budget,
                               kernel_trials=args.kernel_trials, max_sites=args.max_sites, distill=args.distill,
                               seed=args.seed, **search))

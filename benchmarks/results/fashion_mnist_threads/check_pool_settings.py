@@ -3,7 +3,7 @@ import json, os, sys, tempfile
 from pathlib import Path
 import numpy as np
 
-from gos_tvm.hw.deploy_threads import _time_in_fresh_process
+from gos_tvm.hw.deploy_threads import time_in_fresh_process
 libs = {"orig": "/work/fm16/libs/vgg2t_original.so", "adapt": "/work/fm16/libs/vgg2t_adapted.so"}
 settings = {"1thr": {"TVM_NUM_THREADS": "1"},
             "2thr": {"TVM_NUM_THREADS": "2"},
@@ -18,7 +18,7 @@ with tempfile.TemporaryDirectory() as tmp:
     for r in range(int(sys.argv[1]) if len(sys.argv) > 1 else 3):
         for l, path in libs.items():
             for s, env in settings.items():
-                res[f"{l}/{s}"].append(_time_in_fresh_process(Path(path), ex, 300, int(env["TVM_NUM_THREADS"]), {**base, **env}))
+                res[f"{l}/{s}"].append(time_in_fresh_process(Path(path), ex, 300, int(env["TVM_NUM_THREADS"]), {**base, **env}))
 for k, v in res.items():
     print(f"{k:<22} best {min(v)*1e6:7.1f} us  rounds {[round(t*1e6,1) for t in v]}")
 json.dump(res, open(str(Path(__file__).with_name("pool_settings.json")), "w"), indent=1)
