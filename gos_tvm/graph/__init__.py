@@ -23,7 +23,7 @@ from .capture import capture, split_samples
 from .compile import (CROSS_COMPILERS, EM_AARCH64, EM_ARM, EM_X86_64, apply_database, as_target, bind_params,
                       compile_lowered,
                       compile_module, cross_compiler_for, elf_machine, elf_type, export_library, is_cross_target,
-                      legalize, load_vm, run)
+                      input_tensors, legalize, load_vm, run)
 from .layout import CONV_LAYOUTS, conv_layout, current_conv_layout
 from .importer import UnsupportedModelError, from_onnx, from_torch, model_inputs, num_inputs
 from .rewrite import Replacement, capture_module, check_replacement, replacement_prim_func, substitute
@@ -44,7 +44,7 @@ __all__ = [
     "Site", "SkippedSite", "SiteAnalysis", "SITE_KINDS", "analyze", "find_sites", "find_skipped",
     "substitute", "check_replacement", "capture_module", "replacement_prim_func", "Replacement",
     "capture", "split_samples", "CONV_LAYOUTS", "conv_layout", "current_conv_layout",
-    "as_target", "bind_params", "legalize", "apply_database", "compile_module", "compile_lowered", "run", "load_vm", "export_library",
+    "as_target", "bind_params", "legalize", "apply_database", "compile_module", "compile_lowered", "run", "load_vm", "input_tensors", "export_library",
     "cross_compiler_for", "is_cross_target", "elf_machine", "elf_type", "CROSS_COMPILERS",
     "EM_ARM", "EM_AARCH64", "EM_X86_64", "torch_reference", "capture_torch", "fold_batchnorm",
 ]

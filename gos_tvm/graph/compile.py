@@ -147,6 +147,13 @@ def flatten_outputs(value: Any) -> list[np.ndarray]:
     return out
 
 
+def input_tensors(inputs: Any, device: Any = None) -> list[tvm.runtime.Tensor]:
+    """``main``'s arguments on `device` (default CPU): `inputs` is one array / torch tensor, or one
+    per model input."""
+    dev = device or tvm.cpu()
+    return [tvm.runtime.tensor(x, dev) for x in _as_arrays(inputs)]
+
+
 def _as_arrays(inputs: Any) -> list[np.ndarray]:
     if hasattr(inputs, "detach") or isinstance(inputs, np.ndarray):
         inputs = [inputs]
@@ -176,9 +183,7 @@ def run(executable: Any, inputs: Any, device: Any = None) -> list[np.ndarray]:
     Returns the outputs as a flat list of numpy arrays (a tuple output is flattened).
     """
     vm = load_vm(executable, device)
-    dev = device or tvm.cpu()
-    args = [tvm.runtime.tensor(x, dev) for x in _as_arrays(inputs)]
-    return flatten_outputs(vm["main"](*args))
+    return flatten_outputs(vm["main"](*input_tensors(inputs, device)))
 
 
 def _triple(target: tvm.target.Target) -> str:
@@ -262,7 +267,7 @@ def elf_type(path: str | os.PathLike) -> int:
     return _elf_field(path, 16)
 
 
-__all__ = ["flatten_outputs", "as_target", "bind_params", "legalize", "apply_database", "compile_module", "compile_lowered", "run", "load_vm",
+__all__ = ["flatten_outputs", "as_target", "bind_params", "legalize", "apply_database", "compile_module", "compile_lowered", "run", "load_vm", "input_tensors",
            "export_library",
            "cross_compiler_for", "is_cross_target", "elf_machine", "elf_type", "CROSS_COMPILERS",
            "EM_ARM", "EM_AARCH64", "EM_X86_64"]

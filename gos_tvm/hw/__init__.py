@@ -3,7 +3,8 @@
     device pool and processes   presets.py (device presets), tracker.py (tracker and servers as a
                                 device pool), emulate.py (a board under qemu), rpc_cli.py
                                 (`gos-tvm rpc ...`), measure.py (end-to-end timing over RPC),
-                                deploy_threads.py (the TVM_NUM_THREADS to ship a library with)
+                                deploy_threads.py (the TVM_NUM_THREADS to ship a library with),
+                                vm_calls.py (a model's kernels timed alone beside the whole call)
     metaschedule/               MetaSchedule plug-ins: the warm builder, the tracker runner, their
                                 workers, the fast tensor-intrinsic import
     tuning/                     tuning sessions (kernels, whole modules), database queries,
@@ -33,7 +34,7 @@ _LAZY = {
     "open_database": "tuning", "database_records": "tuning", "builder_and_runner": "tuning",
     # measurement
     "measure_module": "measure", "LatencyStats": "measure", "export_module": "measure",
-    "time_libraries_at_threads": "deploy_threads",
+    "time_libraries_at_threads": "deploy_threads", "time_vm_calls": "vm_calls", "record_calls": "vm_calls",
     "import_tensor_intrin": "metaschedule._fastimport",
 }
 

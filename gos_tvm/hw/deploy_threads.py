@@ -4,8 +4,9 @@ TVM's runtime sizes its thread pool once per process, so the only way to compare
 one fresh process per count.  The answer depends on the model, not just the machine: an adapted
 model made of many short kernels can run faster on one thread than on two (vgg-style on
 Fashion-MNIST, 2-core Xeon: the adapted model 81 us on one thread, 129 us on two; its original 174
-us on one, 140 us on two).  Why is not established: the pool's wake-ups are not it (spinning longer
-or not binding threads leaves the two-thread time as it is; README, "One thread").
+us on one, 140 us on two).  The pool's wake-ups are not why (spinning longer or not binding threads
+leaves the two-thread time as it is; README, "One thread"): on two threads each kernel costs 2-4 us
+more inside the model than alone, on one thread about nothing (`gos_tvm.hw.vm_calls`).
 
 Each library and count is timed the way a Python caller sees it, one batch-1 call at a time
 (median of `calls` calls), all of them taking turns for `rounds` rounds; a count's time is its best
