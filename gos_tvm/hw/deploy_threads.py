@@ -6,7 +6,8 @@ model made of many short kernels can run faster on one thread than on two (vgg-s
 Fashion-MNIST, 2-core Xeon: the adapted model 81 us on one thread, 129 us on two; its original 174
 us on one, 140 us on two).  The pool's wake-ups are not why (spinning longer or not binding threads
 leaves the two-thread time as it is; README, "One thread"): on two threads each kernel costs 2-4 us
-more inside the model than alone, on one thread about nothing (`gos_tvm.hw.vm_calls`).
+more inside the model than alone, on one thread about nothing (`gos_tvm.hw.vm_calls`): mostly
+reading what the other core wrote (benchmarks/bench_cross_core.py).
 
 Each library and count is timed the way a Python caller sees it, one batch-1 call at a time
 (median of `calls` calls), all of them taking turns for `rounds` rounds; a count's time is its best

@@ -3,8 +3,9 @@ alone on the arguments the model gives it, beside the whole call.
 
 MetaSchedule prices a kernel alone: the runner calls it back to back on the same buffers, so its
 inputs and weights sit in the caches of the cores that read them last time.  Inside the model the
-kernel reads what the previous kernel wrote, on two threads split across the cores another way
-(the likely reason for what follows; not established).  On this 2-core host (Relax VM, TVM 0.27,
+kernel reads what the previous kernel wrote, on two threads split across the cores another way:
+the part written by the other core has to move (benchmarks/bench_cross_core.py: ~4 us per 64 KiB
+here, ~1 us when each core reads what it wrote).  On this 2-core host (Relax VM, TVM 0.27,
 Fashion-MNIST models) the difference is small on one thread and large on two: the whole call took
 -7 to 31 us more than its 14-34 kernels alone on one thread, 32-97 us more (2-4 us per kernel) on
 two, so a replacement that adds kernels saves less at two threads than its records say
