@@ -10,7 +10,7 @@ them taking turns for `--rounds` rounds; each keeps its round with the fastest e
         --shape 1,1,32,32 --out benchmarks/results/vm_calls
 
 Writes ``<out>/vm_calls.json`` (per library and thread count: end to end, the sums, every
-kernel alone) and prints a table.
+kernel alone; with ``--handoffs`` every kernel-to-kernel hand-off too) and prints a table.
 """
 from __future__ import annotations
 
@@ -24,9 +24,13 @@ from pathlib import Path
 _CHILD = r"""
 import json, sys
 import numpy as np
-from gos_tvm.hw.vm_calls import time_vm_calls
+from gos_tvm.hw.vm_calls import time_handoffs, time_vm_calls
 x = np.random.default_rng(0).standard_normal(tuple(int(v) for v in sys.argv[2].split(","))).astype("float32")
-print("RESULT " + json.dumps(time_vm_calls(sys.argv[1], x, calls=int(sys.argv[3]))))
+out = time_vm_calls(sys.argv[1], x, calls=int(sys.argv[3]))
+if sys.argv[4] == "1":
+    out["handoffs"] = time_handoffs(sys.argv[1], x)
+    out["handoff_sum_s"] = sum(e["handoff_s"] for e in out["handoffs"])
+print("RESULT " + json.dumps(out))
 """
 
 
@@ -38,6 +42,8 @@ def main() -> None:
     p.add_argument("--threads", default=None, help="thread counts, e.g. 1,2 (default: 1 and this host's cores)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--calls", type=int, default=300)
+    p.add_argument("--handoffs", action="store_true",
+                   help="also time each kernel-to-kernel hand-off (gos_tvm.hw.vm_calls.time_handoffs; ~1 min a library)")
     p.add_argument("--out", default="benchmarks/results/vm_calls")
     args = p.parse_args()
 
@@ -53,7 +59,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, path in libraries.items():
             for t in counts:
-                out = subprocess.run([sys.executable, "-c", _CHILD, path, args.shape, str(args.calls)],
+                out = subprocess.run([sys.executable, "-c", _CHILD, path, args.shape, str(args.calls),
+                                      "1" if args.handoffs else "0"],
                                      env={**env, "TVM_NUM_THREADS": str(t)}, capture_output=True, text=True,
                                      timeout=1200)
                 if out.returncode != 0:
@@ -63,13 +70,14 @@ def main() -> None:
     best = {name: {t: min(rs, key=lambda r: r["end_to_end_s"]) for t, rs in per.items()} for name, per in runs.items()}
 
     print(f"{'library':<10} {'threads':>7} {'end to end':>11} {'kernels alone':>14} "
-          f"{'end-alone':>10} {'kernels':>8} {'per kernel':>11}")
+          f"{'end-alone':>10} {'kernels':>8} {'per kernel':>11}" + (f" {'hand-offs':>10}" if args.handoffs else ""))
     for name, per in best.items():
         for t, r in per.items():
             n = len(r["kernels"])
             gap = r["end_to_end_s"] - r["alone_sum_s"]
             print(f"{name:<10} {t:>7} {r['end_to_end_s'] * 1e6:>8.1f} us {r['alone_sum_s'] * 1e6:>11.1f} us "
-                  f"{gap * 1e6:>7.1f} us {n:>8} {gap / n * 1e6:>8.2f} us")
+                  f"{gap * 1e6:>7.1f} us {n:>8} {gap / n * 1e6:>8.2f} us"
+                  + (f" {r['handoff_sum_s'] * 1e6:>7.1f} us" if args.handoffs else ""))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     result = {"libraries": libraries, "shape": args.shape, "threads": counts, "rounds": args.rounds,
               "calls": args.calls, "runs": {name: {str(t): r for t, r in per.items()} for name, per in best.items()}}

@@ -43,3 +43,16 @@ def test_each_recorded_kernel_alone_computes_what_it_computed_in_the_model(tmp_p
     assert all(k["alone_s"] > 0 for k in timed["kernels"]) and timed["end_to_end_s"] > 0
     assert timed["alone_sum_s"] == sum(k["alone_s"] for k in timed["kernels"])
     assert timed["builtins"] == dict(builtins)
+
+
+def test_handoffs_are_the_edges_where_a_kernel_reads_the_previous_ones_output():
+    executable, x = _compiled()
+    kernels, _ = vm_calls.record_calls(executable, x)
+    edges = vm_calls.time_handoffs(executable, x, calls=5, repeat=1)
+    pairs = list(zip(kernels, kernels[1:]))
+    assert edges and len(edges) <= len(pairs)
+    for edge in edges:
+        writer, reader = next((w, r) for w, r in pairs if (w.symbol, r.symbol) == (edge["writer"], edge["reader"]))
+        assert edge["bytes"] == writer.args_after[-1].nbytes > 0
+        assert any(isinstance(a, np.ndarray) and np.array_equal(a, writer.args_after[-1]) for a in reader.args_before)
+        assert np.isfinite(edge["handoff_s"])

@@ -121,4 +121,52 @@ def time_vm_calls(executable: Any, inputs: Any, *, calls: int = 300, number: int
             "kernels": kernels, "builtins": dict(builtins)}
 
 
-__all__ = ["KernelCall", "record_calls", "kernel_library", "time_vm_calls"]
+def time_handoffs(executable: Any, inputs: Any, *, calls: int = 400, repeat: int = 5, device: Any = None) -> list[dict]:
+    """For every kernel that reads what the kernel before it wrote, what that hand-off costs at
+    this process's thread count: the pair called back to back (the second reading the first's
+    output buffer) minus each called alone, each the best of `repeat` loops of `calls` (one Python
+    loop for all three, so the per-call overhead cancels).  On two threads this is where a model
+    loses to its kernels alone when consecutive kernels split their parallel loops differently
+    (benchmarks/bench_cross_core.py).
+
+    Returns ``[{"reader", "writer", "bytes", "handoff_s"}]`` in call order."""
+    recorded, _ = record_calls(executable, inputs, device)
+    library = kernel_library(executable)
+    dev = device or tvm.cpu()
+
+    def tensors(arrays) -> list:
+        return [tvm.runtime.tensor(a, dev) if isinstance(a, np.ndarray) else a for a in arrays]
+
+    def best_loop(steps) -> float:
+        for _ in range(min(calls, 50)):
+            for f, a in steps:
+                f(*a)
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                for f, a in steps:
+                    f(*a)
+            best = min(best, (time.perf_counter() - t0) / calls)
+        return best
+
+    edges = []
+    for writer, reader in zip(recorded, recorded[1:]):
+        written = writer.args_after[-1]  # a kernel's last argument is its output (destination passing)
+        if not isinstance(written, np.ndarray):
+            continue
+        reads = [i for i, a in enumerate(reader.args_before[:-1])
+                 if isinstance(a, np.ndarray) and a.shape == written.shape and np.array_equal(a, written)]
+        if not reads:
+            continue
+        w_args, r_args = tensors(writer.args_before), tensors(reader.args_before)
+        w, r = library[writer.symbol], library[reader.symbol]
+        alone = best_loop([(w, w_args)]) + best_loop([(r, r_args)])
+        r_args[reads[0]] = w_args[-1]
+        pair = best_loop([(w, w_args), (r, r_args)])
+        edges.append({"reader": reader.symbol, "writer": writer.symbol, "bytes": int(written.nbytes),
+                      "handoff_s": pair - alone})
+    return edges
+
+
+__all__ = ["KernelCall", "record_calls", "kernel_library", "time_vm_calls", "time_handoffs"]
