@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -94,17 +93,15 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/cross_core")
     args = p.parse_args()
 
+    from gos_tvm.hw.deploy_threads import run_in_fresh_process
     from gos_tvm.threads import THREAD_VARIABLES, host_cores
 
     counts = sorted({int(t) for t in args.threads.split(",")}) if args.threads else sorted({1, host_cores()})
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     results = {}
     for t in counts:
-        run = subprocess.run([sys.executable, "-c", _CHILD, args.rows, str(args.rounds)],
-                             env={**env, "TVM_NUM_THREADS": str(t)}, capture_output=True, text=True, timeout=1800)
-        if run.returncode != 0:
-            sys.exit(f"TVM_NUM_THREADS={t} failed:\n{run.stderr[-3000:]}")
-        results[str(t)] = json.loads(next(ln for ln in run.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+        results[str(t)] = run_in_fresh_process(_CHILD, (args.rows, args.rounds), {**env, "TVM_NUM_THREADS": str(t)},
+                                               f"the chains at TVM_NUM_THREADS={t} failed", timeout=1800)
 
     print(f"{'threads':>7} {'rows':>5} {'KiB':>5} {'chain':>8} {'whole chain':>12} {'kernels alone':>13} {'extra per kernel':>16}")
     for t, res in results.items():

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -106,11 +105,12 @@ print("RESULT " + json.dumps({"call_us": float(np.median(calls)) * 1e6}))
 
 
 def _child(code: str, args: list[str], env: dict[str, str], what: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise SystemExit(f"measurement of {what} failed:\n{out.stderr[-3000:]}")
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    from gos_tvm.hw.deploy_threads import run_in_fresh_process
+
+    try:
+        return run_in_fresh_process(code, args, env, f"measurement of {what} failed")
+    except RuntimeError as err:
+        raise SystemExit(str(err)) from None
 
 
 def _clean_env() -> dict[str, str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -47,6 +46,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/vm_calls")
     args = p.parse_args()
 
+    from gos_tvm.hw.deploy_threads import run_in_fresh_process
     from gos_tvm.threads import THREAD_VARIABLES, host_cores
 
     libraries = dict(item.split("=", 1) for item in args.library)
@@ -59,14 +59,9 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, path in libraries.items():
             for t in counts:
-                out = subprocess.run([sys.executable, "-c", _CHILD, path, args.shape, str(args.calls),
-                                      "1" if args.handoffs else "0"],
-                                     env={**env, "TVM_NUM_THREADS": str(t)}, capture_output=True, text=True,
-                                     timeout=1200)
-                if out.returncode != 0:
-                    sys.exit(f"{path} at TVM_NUM_THREADS={t} failed:\n{out.stderr[-2000:]}")
-                runs[name][t].append(json.loads(next(ln for ln in out.stdout.splitlines()
-                                                     if ln.startswith("RESULT "))[7:]))
+                runs[name][t].append(run_in_fresh_process(
+                    _CHILD, (path, args.shape, args.calls, int(args.handoffs)), {**env, "TVM_NUM_THREADS": str(t)},
+                    f"{path} at TVM_NUM_THREADS={t} failed", timeout=1200))
     best = {name: {t: min(rs, key=lambda r: r["end_to_end_s"]) for t, rs in per.items()} for name, per in runs.items()}
 
     print(f"{'library':<10} {'threads':>7} {'end to end':>11} {'kernels alone':>14} "

@@ -103,20 +103,30 @@ def speedup_each_at_its_best_threads(libraries: Mapping[str, Mapping]) -> float:
     return best["original"] / best["adapted"]
 
 
+def run_in_fresh_process(code: str, args: Iterable[str], env: Mapping[str, str], failure: str,
+                         timeout: float = 600) -> dict:
+    """Run the Python `code` with `args` in a fresh interpreter under environment `env` (TVM sizes
+    its thread pool once per process, so each thread setting needs its own) and return the JSON
+    that it prints on a line starting ``RESULT ``.  RuntimeError ``failure`` with the child's
+    stderr when it fails."""
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=dict(env), capture_output=True,
+                         text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{failure}:\n{out.stderr[-2000:]}")
+    return json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT "):])
+
+
 def time_in_fresh_process(library: Path, example_path: Path, calls: int, threads: int,
                           env: Mapping[str, str]) -> float:
     """One library's median seconds per batch-1 call on the input saved at `example_path` (.npy),
     in a fresh process with environment `env` and ``TVM_NUM_THREADS=threads`` (e.g. to compare
     the thread pool's own settings, TVM_THREAD_POOL_SPIN_COUNT or TVM_BIND_THREADS, at one count)."""
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(library), str(example_path), str(calls)],
-                         env={**env, "TVM_NUM_THREADS": str(threads)}, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise RuntimeError(f"{library} did not run with TVM_NUM_THREADS={threads} (a library built for "
-                           f"another CPU?):\n{out.stderr[-2000:]}")
-    result = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    result = run_in_fresh_process(_CHILD, (library, example_path, calls), {**env, "TVM_NUM_THREADS": str(threads)},
+                                  f"{library} did not run with TVM_NUM_THREADS={threads} (a library built for "
+                                  "another CPU?)")
     if result["threads"] != threads:
         raise RuntimeError(f"TVM ran {result['threads']} threads where TVM_NUM_THREADS={threads} was set")
     return result["median_s"]
 
 
-__all__ = ["time_libraries_at_threads", "time_in_fresh_process", "json_ready", "speedup_each_at_its_best_threads"]
+__all__ = ["time_libraries_at_threads", "time_in_fresh_process", "run_in_fresh_process", "json_ready", "speedup_each_at_its_best_threads"]

@@ -40,6 +40,20 @@ class KernelCall:
     args_after: tuple[Any, ...]
 
 
+def _loaded(executable: Any) -> Any:
+    """A `.so` path loaded once (every function here needs the VM and the kernel library of it)."""
+    import os
+
+    if isinstance(executable, (str, os.PathLike)):
+        return tvm.runtime.load_module(os.fspath(executable))
+    return executable
+
+
+def _tensors(arrays, dev) -> list:
+    """Recorded arguments as the kernel takes them (arrays as tensors, scalars as they were)."""
+    return [tvm.runtime.tensor(a, dev) if isinstance(a, np.ndarray) else a for a in arrays]
+
+
 def record_calls(executable: Any, inputs: Any, device: Any = None) -> tuple[list[KernelCall], Counter]:
     """Run ``main`` once on `inputs` and record every kernel call (`KernelCall`, in order) and how
     often each VM builtin was called.  `executable`: what `graph.compile_module` returns, a loaded
@@ -71,10 +85,7 @@ def record_calls(executable: Any, inputs: Any, device: Any = None) -> tuple[list
 
 def kernel_library(executable: Any) -> tvm.runtime.Module:
     """The module holding the compiled kernels of a Relax executable (in memory or loaded)."""
-    import os
-
-    if isinstance(executable, (str, os.PathLike)):
-        executable = tvm.runtime.load_module(os.fspath(executable))
+    executable = _loaded(executable)
     module = executable.mod if isinstance(executable, relax.VMExecutable) else executable
     if not module.imports:
         raise ValueError(f"{executable!r} has no kernel library: give what graph.compile_module returns or an "
@@ -97,6 +108,7 @@ def time_vm_calls(executable: Any, inputs: Any, *, calls: int = 300, number: int
     from ..graph import input_tensors, load_vm
 
     dev = device or tvm.cpu()
+    executable = _loaded(executable)
     recorded, builtins = record_calls(executable, inputs, device)
     vm = load_vm(executable, device)
     args = input_tensors(inputs, device)
@@ -113,8 +125,7 @@ def time_vm_calls(executable: Any, inputs: Any, *, calls: int = 300, number: int
     kernels = []
     for call in recorded:
         timer = library.time_evaluator(call.symbol, dev, number=number, repeat=repeat)
-        alone = min(timer(*[tvm.runtime.tensor(a, dev) if isinstance(a, np.ndarray) else a
-                            for a in call.args_before]).results)
+        alone = min(timer(*_tensors(call.args_before, dev)).results)
         kernels.append({"symbol": call.symbol, "alone_s": float(alone)})
     return {"end_to_end_s": float(np.median(end_to_end)),
             "alone_sum_s": float(sum(k["alone_s"] for k in kernels)),
@@ -130,12 +141,10 @@ def time_handoffs(executable: Any, inputs: Any, *, calls: int = 400, repeat: int
     (benchmarks/bench_cross_core.py).
 
     Returns ``[{"reader", "writer", "bytes", "handoff_s"}]`` in call order."""
+    executable = _loaded(executable)
     recorded, _ = record_calls(executable, inputs, device)
     library = kernel_library(executable)
     dev = device or tvm.cpu()
-
-    def tensors(arrays) -> list:
-        return [tvm.runtime.tensor(a, dev) if isinstance(a, np.ndarray) else a for a in arrays]
 
     def best_loop(steps) -> float:
         for _ in range(min(calls, 50)):
@@ -159,7 +168,7 @@ def time_handoffs(executable: Any, inputs: Any, *, calls: int = 400, repeat: int
                  if isinstance(a, np.ndarray) and a.shape == written.shape and np.array_equal(a, written)]
         if not reads:
             continue
-        w_args, r_args = tensors(writer.args_before), tensors(reader.args_before)
+        w_args, r_args = _tensors(writer.args_before, dev), _tensors(reader.args_before, dev)
         w, r = library[writer.symbol], library[reader.symbol]
         alone = best_loop([(w, w_args)]) + best_loop([(r, r_args)])
         r_args[reads[0]] = w_args[-1]
