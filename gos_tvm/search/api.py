@@ -358,7 +358,9 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
             recover_steps (after each site replaced, its configuration is distilled for that many
             steps on the final distillation's inputs before the next site is judged; default 0: off),
             distill_batch,
-            distill_lr, distill_temperature, distill_task).
+            distill_lr, distill_temperature, distill_task; row_split (default False: True tunes only
+            schedules whose parallel loop gives each thread a band of output rows, so consecutive
+            kernels split their work alike; `gos_tvm.hw.metaschedule.row_split`).
 
     Raises:
         UserError (a ValueError) naming the bad argument, before any work starts or anything

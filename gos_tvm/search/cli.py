@@ -66,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-distill", dest="distill", action="store_false",
                    help="judge candidates by their layer-wise fit only (default: a candidate that misses the "
                         "budget is judged again after distilling its configuration end to end)")
+    p.add_argument("--row-split", action="store_true",
+                   help="tune only schedules whose parallel loop gives each thread a band of output rows, so "
+                        "that consecutive kernels split their work alike (gos_tvm.hw.metaschedule.row_split)")
     p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NHWC",
                    help="layout convolutions are compiled, tuned and judged in (default NHWC, channels-last: "
                         "the faster original and adapted models here; NCHW, the imported one; see "
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
               if getattr(args, name) is not None}
     opts = check_options(dict(trials=args.trials, trials_per_task=args.trials_per_task, time_budget=args.time_budget,
                               kernel_trials=args.kernel_trials, max_sites=args.max_sites, distill=args.distill,
-                              seed=args.seed, **search))
+                              seed=args.seed, **({"row_split": True} if args.row_split else {}), **search))
     target = args.target
     if args.emulated:
         from ..hw import emulate

@@ -269,6 +269,19 @@ class TunedMeasurer(Measurer):
             self._shared_cost_model = default_cost_model()
         return self._shared_cost_model
 
+    def _space(self) -> Any:
+        """MetaSchedule's design space: the target's own, with `RowSplit` among its postprocessors
+        when the options ask for it."""
+        if not self.opt.row_split:
+            return "post-order-apply"
+        from tvm.s_tir import meta_schedule as ms
+
+        from ..hw.metaschedule.row_split import RowSplit
+
+        kind = str(self.target().kind.name)
+        return ms.space_generator.PostOrderApply(sch_rules="from-target", mutator_probs="from-target",
+                                                 postprocs=ms.postproc.Postproc.create(kind) + [RowSplit()])
+
     def close(self) -> None:
         for obj in (self._builder, self._runner):
             if obj is not None and hasattr(obj, "close"):
@@ -290,7 +303,7 @@ class TunedMeasurer(Measurer):
                                        work_dir=str(self.database_dir / "logs" / "replacements"),
                                        builder=self.builder(), runner=self.runner(),
                                        trials_per_iter=min(16, trials_per_task), cost_model=self._cost_model(),
-                                       seed=self.opt.seed, max_seconds=self.opt.time_budget)
+                                       seed=self.opt.seed, max_seconds=self.opt.time_budget, space=self._space())
             tuned = [t for t in new if t.task_name in info["tuned"]]
             remeasure_best(db, [t.dispatched[0] for t in tuned], self.target(), self.builder(), self.runner())
             for t in tuned:
@@ -318,7 +331,7 @@ class TunedMeasurer(Measurer):
         info = tune_module_per_task(mod, params, self.device, trials_per_task, database=db,
                                     work_dir=str(self.database_dir / "logs" / name), builder=self.builder(),
                                     runner=self.runner(), trials_per_iter=16, cost_model=self._cost_model(),
-                                    seed=self.opt.seed, max_seconds=self.opt.time_budget)
+                                    seed=self.opt.seed, max_seconds=self.opt.time_budget, space=self._space())
         prepared = prepare_relax(mod, params, target)
         tasks = ms.relax_integration.extract_tasks(prepared, target)
         if info["tuned"]:

@@ -29,6 +29,10 @@ class SearchOptions:
     trials_per_task: int | None = None
     trials: int | None = None
     time_budget: float | None = None  # wall-clock seconds bound on each whole-model tuning session
+    # Tune only schedules whose parallel loop hands each thread a band of output rows
+    # (`gos_tvm.hw.metaschedule.row_split.RowSplit`), so that consecutive kernels split their work
+    # alike and each thread reads mostly what its own core wrote.
+    row_split: bool = False
     # Trials for each new task a candidate brings into the model (its fused kernel) while candidates
     # are screened.  None: the model's per-task budget, so a candidate is tuned as much as the
     # original task it would replace (see `GOSearch.candidate_trials`).

@@ -437,13 +437,15 @@ def tune_tasks_per_task(tasks: Sequence[Any], target: Union[str, dict, Preset, t
                         tracker: Optional[tuple[str, int]] = None, key: Optional[str] = None,
                         runner: Optional[Any] = None, builder: Optional[Any] = None, trials_per_iter: int = 16,
                         cost_model: Union[str, ms.cost_model.CostModel, None] = None, strategy: Any = None,
-                        seed: Optional[int] = None, max_seconds: Optional[float] = None) -> dict:
+                        seed: Optional[int] = None, max_seconds: Optional[float] = None,
+                        space: Any = "post-order-apply") -> dict:
     """Tune extracted tasks (`ms.relax_integration.extract_tasks`) up to `trials_per_task` measured
     candidates each, counting the records `database` already holds: a task already at its budget
     (tuned for another model in the same database, or by an earlier run) is not tuned again and
     keeps exactly its records; a resumed run with a larger budget continues from them.  One
     MetaSchedule session, `GuardedRoundRobin` with a budget per task (never looping on an exhausted
-    task) and an optional wall-clock bound `max_seconds`.
+    task) and an optional wall-clock bound `max_seconds`.  `space`: MetaSchedule's design-space
+    generator (e.g. a `PostOrderApply` with `RowSplit` among its postprocessors).
 
     Returns {"tasks": n, "tuned": [task names tuned now], "planned": trials planned now,
     "exhausted": [tasks stopped below their budget because their search found no new candidate],
@@ -481,7 +483,7 @@ def tune_tasks_per_task(tasks: Sequence[Any], target: Union[str, dict, Preset, t
         def run(tasks: list[tuple[Any, int]], search: Any) -> set[str]:
             left_s = None if not max_seconds else max(1.0, max_seconds - (time.perf_counter() - t0))
             return set(_tune_plan(tasks, database, work_dir, builder, runner, cost_model, trials_per_iter, search,
-                                  None if seed is None else seed + attempt, left_s))
+                                  None if seed is None else seed + attempt, left_s, space))
 
         try:
             return run(plan, _strategy_for(strategy, cost_model, sum(left for _, left in plan),
@@ -524,7 +526,8 @@ _TOP_UPS = 2
 
 
 def _tune_plan(plan: list[tuple[Any, int]], database: Any, work_dir: str, builder: Any, runner: Any, cost_model: Any,
-               trials_per_iter: int, strategy: Any, seed: Optional[int], max_seconds: Optional[float]) -> list[str]:
+               trials_per_iter: int, strategy: Any, seed: Optional[int], max_seconds: Optional[float],
+               space: Any = "post-order-apply") -> list[str]:
     """One MetaSchedule session over `plan` ((task, trials left)); returns the tasks stopped as
     exhausted (`GuardedRoundRobin.terminated_empty`)."""
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
@@ -534,7 +537,7 @@ def _tune_plan(plan: list[tuple[Any, int]], database: Any, work_dir: str, builde
     planned = sum(left for _, left in plan)
     scheduler = GuardedRoundRobin(max_seconds=max_seconds, budgets=[left for _, left in plan])
     contexts, weights = extracted_tasks_to_tune_contexts([t for t, _ in plan], work_dir=work_dir, seed=seed,
-                                                         strategy=strategy)
+                                                         strategy=strategy, space=space)
     tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=planned + per_iter * len(plan),
                max_trials_per_task=max(left for _, left in plan), num_trials_per_iter=per_iter,
                builder=builder, runner=runner, database=database, cost_model=cost_model, task_scheduler=scheduler)

@@ -1,0 +1,100 @@
+"""`RowSplit`: the MetaSchedule postprocessor that keeps only schedules whose parallel loop hands
+each thread a band of output rows (gos_tvm.hw.metaschedule.row_split).
+
+The check is run on hand-made schedules whose split is known, then inside a real tuning session
+(WarmBuilder, an RPC server, a JSON database) on a small NHWC model: every schedule measured passes
+it, and the compiled model computes what PyTorch does."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tvm
+from tvm import te
+
+from gos_tvm import graph
+from gos_tvm.hw import LocalDevicePool, TrackerRunner, WarmBuilder, open_database
+from gos_tvm.hw.metaschedule.row_split import ROW_AXIS, RowSplit, splits_rows
+
+
+def _scheduled(layout: str, order: str, fused: int) -> tvm.s_tir.Schedule:
+    """An elementwise kernel on a (1, 8, 8, 16) NHWC or (1, 16, 8, 8) NCHW tensor, its loops reordered
+    to `order` (letters of the layout) and the outermost `fused` of them fused into one parallel loop."""
+    shape = {"NHWC": (1, 8, 8, 16), "NCHW": (1, 16, 8, 8)}[layout]
+    a = te.placeholder(shape, name="A")
+    b = te.compute(shape, lambda *i: a(*i) * 2.0, name="B")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, b]))
+    block = sch.get_sblock("B")
+    loops = dict(zip(layout, sch.get_loops(block)))
+    sch.reorder(*[loops[axis] for axis in order])
+    if fused:
+        sch.parallel(sch.fuse(*sch.get_loops(block)[:fused]))
+    return sch
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_splits_rows_reads_which_axis_the_threads_split(layout):
+    rows = ROW_AXIS[layout]
+    n, h, w, c = "N", "H", "W", "C"
+    rest = lambda *first: "".join(first) + "".join(a for a in layout if a not in first)  # noqa: E731
+    # Rows outermost (alone or fused with what follows): thread k gets the k-th band of rows.
+    assert splits_rows(_scheduled(layout, rest(n, h), 2), rows, 2)
+    assert splits_rows(_scheduled(layout, rest(n, h, w), 3), rows, 2)
+    assert splits_rows(_scheduled(layout, rest(n, h), 2), rows, 4)
+    # Columns or channels outermost: each thread gets a band of columns / channels over all rows.
+    assert not splits_rows(_scheduled(layout, rest(n, w, h), 3), rows, 2)
+    assert not splits_rows(_scheduled(layout, rest(n, c, h), 3), rows, 2)
+    # Nothing to split: no parallel loop, or one of a single iteration (the batch).
+    assert splits_rows(_scheduled(layout, layout, 0), rows, 2)
+    assert splits_rows(_scheduled(layout, layout, 1), rows, 2)
+
+
+def test_row_split_refuses_an_unknown_layout():
+    with pytest.raises(ValueError, match="unknown layout 'NCW'"):
+        RowSplit("NCW")
+
+
+def test_tuning_with_row_split_measures_only_row_split_schedules(tmp_path):
+    """A small NHWC model tuned with `RowSplit` among the postprocessors: every schedule in the
+    database splits rows between the two threads, and the model compiled with them computes what
+    PyTorch does."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.postproc import Postproc
+
+    from gos_tvm.hw import compile_tuned, resolve_preset
+    from gos_tvm.hw.tuning import database_records, prepare_relax, tune_module_per_task
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 3, 16, 16)
+    mod, params = graph.from_torch(net, x)
+    target = resolve_preset("local").target
+    assert int(target.attrs["num-cores"]) >= 2, "the check needs a target of two or more cores"
+    db = open_database(tmp_path / "database")
+    builder = WarmBuilder("local")
+    with graph.conv_layout("NHWC"), LocalDevicePool("gos-rowsplit", n_servers=1) as pool:
+        runner = TrackerRunner(pool.tracker, pool.key)
+        try:
+            space = ms.space_generator.PostOrderApply(sch_rules="from-target", mutator_probs="from-target",
+                                                      postprocs=Postproc.create("llvm") + [RowSplit()])
+            tune_module_per_task(mod, params, "local", 4, database=db, work_dir=str(tmp_path / "logs"),
+                                 builder=builder, runner=runner, seed=0, trials_per_iter=4, space=space)
+        finally:
+            runner.close()
+            builder.close()
+        tasks = ms.relax_integration.extract_tasks(prepare_relax(mod, params, target), target)
+        checked = 0
+        for task in tasks:
+            for record in database_records(db, task.dispatched[0]):
+                sch = tvm.s_tir.Schedule(task.dispatched[0])
+                record.trace.apply_to_schedule(sch, remove_postproc=False)
+                assert splits_rows(sch, ROW_AXIS["NHWC"], int(target.attrs["num-cores"])), (task.task_name, sch.trace)
+                checked += 1
+        convolutions = [t for t in tasks if "conv2d" in t.task_name]
+        assert len(convolutions) == 2 and all(database_records(db, t.dispatched[0]) for t in convolutions)
+        executable = compile_tuned(mod, params, "local", db)
+    (got,) = graph.run(executable, x.numpy())
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+    assert checked >= 8
