@@ -82,23 +82,15 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .validate import UserError, check_device, check_float, check_int, check_options, options_identity
+    from .validate import (OPTION_MINIMUM, UserError, check_device, check_float, check_int, check_options,
+                           options_identity)
 
     # Everything that can be checked without the model, first: a wrong --target, --tracker or budget
     # fails in seconds, before a model is trained or anything is written to the work directory.
-    # (flag, value, least, may be left out)
-    for flag, value, least, optional in (("--trials", args.trials, 1, True),
-                                         ("--trials-per-task", args.trials_per_task, 1, True),
-                                         ("--kernel-trials", args.kernel_trials, 1, True),
-                                         ("--max-sites", args.max_sites, 0, True),
-                                         ("--screen-per-site", args.screen_per_site, 0, True),
-                                         ("--recover-steps", args.recover_steps, 0, True),
-                                         ("--tries-per-site", args.tries_per_site, 1, True),
-                                         ("--measure-per-site", args.measure_per_site, 1, True),
-                                         ("--distill-steps", args.distill_steps, 0, True),
-                                         ("--final-distill-steps", args.final_distill_steps, 0, True),
-                                         ("--seed", args.seed, 0, False)):
-        check_int(flag, value, least, allow_none=optional)
+    # Each integer flag is checked against its option's least value (None: left to the default).
+    for name in ("trials", "trials_per_task", "kernel_trials", "max_sites", "screen_per_site", "recover_steps",
+                 "tries_per_site", "measure_per_site", "distill_steps", "final_distill_steps", "seed"):
+        check_int("--" + name.replace("_", "-"), getattr(args, name), OPTION_MINIMUM[name], allow_none=name != "seed")
     if args.time_budget is not None:
         check_float("--time-budget", args.time_budget, 0.0, min_exclusive=True)
     check_float("--budget", args.budget, 0.0)

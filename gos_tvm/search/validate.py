@@ -46,7 +46,7 @@ def check_float(name: str, value: Any, minimum: float, maximum: float = math.inf
 
 #: the least value of each integer search option (see `SearchOptions`; max_flops_ratio is in (0, 1]).
 #: An option missing here is passed on unchecked.
-_OPTION_MINIMUM: dict[str, int] = {"trials": 1, "trials_per_task": 1, "max_rounds": 1, "kernel_trials": 1,
+OPTION_MINIMUM: dict[str, int] = {"trials": 1, "trials_per_task": 1, "max_rounds": 1, "kernel_trials": 1,
                                    "max_sites": 0, "tries_per_site": 1, "measure_per_site": 1, "depth": 1, "fit_steps": 0, "calib_samples": 2,
                                    "screen_per_site": 0, "screen_fit_steps": 0,
                                    "generations": 0, "rounds": 1, "population": 1, "repeat": 1, "seed": 0,
@@ -74,9 +74,9 @@ def check_options(options: Mapping[str, Any]):
         elif name == "time_budget":
             if value is not None:
                 check_float(name, value, 0.0, min_exclusive=True)
-        elif name in _OPTION_MINIMUM:
+        elif name in OPTION_MINIMUM:
             # An option whose default is None (no limit, or derived) accepts None.
-            check_int(name, value, _OPTION_MINIMUM[name], allow_none=fields[name].default is None)
+            check_int(name, value, OPTION_MINIMUM[name], allow_none=fields[name].default is None)
     return SearchOptions(**options)
 
 
