@@ -15,7 +15,7 @@ from tvm import te
 
 from gos_tvm import graph
 from gos_tvm.hw import LocalDevicePool, TrackerRunner, WarmBuilder, open_database
-from gos_tvm.hw.metaschedule.row_split import ROW_AXIS, RowSplit, splits_rows
+from gos_tvm.hw.metaschedule.row_split import ROW_AXIS, RowSplit, record_splits_rows, splits_rows
 
 
 def _scheduled(layout: str, order: str, fused: int) -> tvm.s_tir.Schedule:
@@ -56,14 +56,15 @@ def test_row_split_refuses_an_unknown_layout():
 
 
 def test_tuning_with_row_split_measures_only_row_split_schedules(tmp_path):
-    """A small NHWC model tuned with `RowSplit` among the postprocessors: every schedule in the
-    database splits rows between the two threads, and the model compiled with them computes what
-    PyTorch does."""
+    """A small NHWC model tuned with and without `RowSplit` among the postprocessors (each into its
+    own database): with it, every schedule measured splits rows between the two threads and the
+    model compiled with them computes what PyTorch does; without it some schedules do not, and a
+    warm start filtered by `RowSplit.accepts` copies exactly the ones that do."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.postproc import Postproc
 
     from gos_tvm.hw import compile_tuned, resolve_preset
-    from gos_tvm.hw.tuning import database_records, prepare_relax, tune_module_per_task
+    from gos_tvm.hw.tuning import copy_records, prepare_relax, tune_module_per_task
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
@@ -71,30 +72,33 @@ def test_tuning_with_row_split_measures_only_row_split_schedules(tmp_path):
     x = torch.randn(1, 3, 16, 16)
     mod, params = graph.from_torch(net, x)
     target = resolve_preset("local").target
-    assert int(target.attrs["num-cores"]) >= 2, "the check needs a target of two or more cores"
-    db = open_database(tmp_path / "database")
+    threads = int(target.attrs["num-cores"])
+    assert threads >= 2, "the check needs a target of two or more cores"
+    databases = {name: open_database(tmp_path / name) for name in ("stock", "rowsplit")}
     builder = WarmBuilder("local")
     with graph.conv_layout("NHWC"), LocalDevicePool("gos-rowsplit", n_servers=1) as pool:
         runner = TrackerRunner(pool.tracker, pool.key)
         try:
-            space = ms.space_generator.PostOrderApply(sch_rules="from-target", mutator_probs="from-target",
-                                                      postprocs=Postproc.create("llvm") + [RowSplit()])
-            tune_module_per_task(mod, params, "local", 4, database=db, work_dir=str(tmp_path / "logs"),
-                                 builder=builder, runner=runner, seed=0, trials_per_iter=4, space=space)
+            for name, extra in (("stock", []), ("rowsplit", [RowSplit()])):
+                space = ms.space_generator.PostOrderApply(sch_rules="from-target", mutator_probs="from-target",
+                                                          postprocs=Postproc.create("llvm") + extra)
+                tune_module_per_task(mod, params, "local", 4, database=databases[name],
+                                     work_dir=str(tmp_path / "logs" / name), builder=builder, runner=runner, seed=0,
+                                     trials_per_iter=4, space=space)
         finally:
             runner.close()
             builder.close()
         tasks = ms.relax_integration.extract_tasks(prepare_relax(mod, params, target), target)
-        checked = 0
-        for task in tasks:
-            for record in database_records(db, task.dispatched[0]):
-                sch = tvm.s_tir.Schedule(task.dispatched[0])
-                record.trace.apply_to_schedule(sch, remove_postproc=False)
-                assert splits_rows(sch, ROW_AXIS["NHWC"], int(target.attrs["num-cores"])), (task.task_name, sch.trace)
-                checked += 1
         convolutions = [t for t in tasks if "conv2d" in t.task_name]
-        assert len(convolutions) == 2 and all(database_records(db, t.dispatched[0]) for t in convolutions)
-        executable = compile_tuned(mod, params, "local", db)
+        assert len(convolutions) == 2
+        split = {name: [record_splits_rows(r, ROW_AXIS["NHWC"], threads) for r in db.get_all_tuning_records()]
+                 for name, db in databases.items()}
+        assert len(split["rowsplit"]) >= 8 and all(split["rowsplit"]), split
+        assert not all(split["stock"]), "without RowSplit some schedules split columns or channels"
+        warm = open_database(tmp_path / "warm")
+        assert copy_records(databases["stock"], warm, keep=RowSplit("NHWC", threads).accepts) \
+            == sum(split["stock"])
+        assert all(record_splits_rows(r, ROW_AXIS["NHWC"], threads) for r in warm.get_all_tuning_records())
+        executable = compile_tuned(mod, params, "local", databases["rowsplit"])
     (got,) = graph.run(executable, x.numpy())
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
-    assert checked >= 8

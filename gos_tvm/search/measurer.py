@@ -253,7 +253,7 @@ class TunedMeasurer(Measurer):
             if self.warm_start_database is not None and not len(db.get_all_tuning_records()):
                 from ..hw.tuning.database import copy_records
 
-                copy_records(self.parts.database(self.warm_start_database), db)
+                copy_records(self.parts.database(self.warm_start_database), db, keep=self._row_split_accepts())
             self._database = db
         return self._database
 
@@ -268,6 +268,15 @@ class TunedMeasurer(Measurer):
             # (its search would stay random); after the original's tuning it has them.
             self._shared_cost_model = default_cost_model()
         return self._shared_cost_model
+
+    def _row_split_accepts(self) -> Any:
+        """With `row_split`, the check a warm start's records must pass (an earlier run without it
+        tuned the same workloads without the constraint); else None (keep all)."""
+        if not self.opt.row_split:
+            return None
+        from ..hw.metaschedule.row_split import RowSplit
+
+        return RowSplit(threads=int(self.target().attrs.get("num-cores", 1))).accepts
 
     def _space(self) -> Any:
         """MetaSchedule's design space: the target's own, with `RowSplit` among its postprocessors

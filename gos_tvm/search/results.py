@@ -31,7 +31,8 @@ class SearchOptions:
     time_budget: float | None = None  # wall-clock seconds bound on each whole-model tuning session
     # Tune only schedules whose parallel loop hands each thread a band of output rows
     # (`gos_tvm.hw.metaschedule.row_split.RowSplit`), so that consecutive kernels split their work
-    # alike and each thread reads mostly what its own core wrote.
+    # alike and each thread reads mostly what its own core wrote.  A warm-start database then seeds
+    # the run with only the records that pass the same check.
     row_split: bool = False
     # Trials for each new task a candidate brings into the model (its fused kernel) while candidates
     # are screened.  None: the model's per-task budget, so a candidate is tuned as much as the

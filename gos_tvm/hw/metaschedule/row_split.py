@@ -75,6 +75,14 @@ def splits_rows(sch: tvm.s_tir.Schedule, row_axis: int, threads: int) -> bool:
     return None not in starts and all(a < b for a, b in zip(starts, starts[1:]))
 
 
+def record_splits_rows(record, row_axis: int, threads: int) -> bool:
+    """Whether a MetaSchedule tuning record's schedule passes `splits_rows` (its trace replayed,
+    postprocessing included, on its workload)."""
+    sch = tvm.s_tir.Schedule(record.workload.mod)
+    record.trace.apply_to_schedule(sch, remove_postproc=False)
+    return splits_rows(sch, row_axis, threads)
+
+
 @derived_object
 class RowSplit(PyPostproc):
     """Reject schedules whose parallel loop does not split the output's rows among the target's
@@ -98,5 +106,11 @@ class RowSplit(PyPostproc):
     def clone(self) -> "RowSplit":
         return RowSplit(self.layout, self.threads)
 
+    def accepts(self, record) -> bool:
+        """Whether this postprocessor would have let `record`'s schedule through (to keep another
+        run's records out of a RowSplit run: `copy_records(..., keep=RowSplit(...).accepts)`)."""
+        return self.threads is None or self.threads < 2 or record_splits_rows(record, ROW_AXIS[self.layout],
+                                                                             self.threads)
 
-__all__ = ["RowSplit", "splits_rows", "ROW_AXIS"]
+
+__all__ = ["RowSplit", "splits_rows", "record_splits_rows", "ROW_AXIS"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import tvm
 import tvm_ffi
@@ -70,13 +70,16 @@ def measured_trials(database: ms.database.Database, func: Union[tirx.PrimFunc, t
     return len({str(r.trace) for r in database_records(database, func)})
 
 
-def copy_records(source: ms.database.Database, target: ms.database.Database) -> int:
-    """Commit every tuning record of `source` into `target` (a warm start from an earlier run's
-    database); returns how many were copied."""
+def copy_records(source: ms.database.Database, target: ms.database.Database,
+                 keep: Optional[Callable[[Any], bool]] = None) -> int:
+    """Commit every tuning record of `source` (those `keep(record)` accepts, if given) into
+    `target` (a warm start from an earlier run's database); returns how many were copied."""
     from tvm.s_tir.meta_schedule.database import TuningRecord
 
     count = 0
     for rec in source.get_all_tuning_records():
+        if keep is not None and not keep(rec):
+            continue
         wl = target.commit_workload(rec.workload.mod)
         target.commit_tuning_record(TuningRecord(rec.trace, wl, rec.run_secs, rec.target, rec.args_info))
         count += 1
