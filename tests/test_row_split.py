@@ -56,49 +56,48 @@ def test_row_split_refuses_an_unknown_layout():
 
 
 def test_tuning_with_row_split_measures_only_row_split_schedules(tmp_path):
-    """A small NHWC model tuned with and without `RowSplit` among the postprocessors (each into its
-    own database): with it, every schedule measured splits rows between the two threads and the
-    model compiled with them computes what PyTorch does; without it some schedules do not, and a
-    warm start filtered by `RowSplit.accepts` copies exactly the ones that do."""
+    """A small NHWC model tuned without `RowSplit` (stock MetaSchedule), then by a run with
+    `row_split=True` (the `TunedMeasurer` every search tunes through) warm-started from the stock
+    database: without it some schedules split columns or channels; the RowSplit run's database holds
+    only schedules that split rows between the two threads (the warm start let in only those, its
+    own tuning measured only those) and its compiled model computes what PyTorch does."""
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.postproc import Postproc
 
-    from gos_tvm.hw import compile_tuned, resolve_preset
+    from gos_tvm.hw import resolve_preset
     from gos_tvm.hw.tuning import copy_records, prepare_relax, tune_module_per_task
+    from gos_tvm.search.measurer import TunedMeasurer
+    from gos_tvm.search.results import SearchOptions
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
                               torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU()).eval()
     x = torch.randn(1, 3, 16, 16)
     mod, params = graph.from_torch(net, x)
-    target = resolve_preset("local").target
-    threads = int(target.attrs["num-cores"])
+    device = resolve_preset("local")
+    threads = int(device.target.attrs["num-cores"])
     assert threads >= 2, "the check needs a target of two or more cores"
-    databases = {name: open_database(tmp_path / name) for name in ("stock", "rowsplit")}
-    builder = WarmBuilder("local")
+    stock = open_database(tmp_path / "stock")
     with graph.conv_layout("NHWC"), LocalDevicePool("gos-rowsplit", n_servers=1) as pool:
-        runner = TrackerRunner(pool.tracker, pool.key)
+        builder, runner = WarmBuilder("local"), TrackerRunner(pool.tracker, pool.key)
         try:
-            for name, extra in (("stock", []), ("rowsplit", [RowSplit()])):
-                space = ms.space_generator.PostOrderApply(sch_rules="from-target", mutator_probs="from-target",
-                                                          postprocs=Postproc.create("llvm") + extra)
-                tune_module_per_task(mod, params, "local", 4, database=databases[name],
-                                     work_dir=str(tmp_path / "logs" / name), builder=builder, runner=runner, seed=0,
-                                     trials_per_iter=4, space=space)
+            tune_module_per_task(mod, params, "local", 4, database=stock, work_dir=str(tmp_path / "logs"),
+                                 builder=builder, runner=runner, seed=0, trials_per_iter=4)
         finally:
             runner.close()
             builder.close()
-        tasks = ms.relax_integration.extract_tasks(prepare_relax(mod, params, target), target)
-        convolutions = [t for t in tasks if "conv2d" in t.task_name]
-        assert len(convolutions) == 2
+        measurer = TunedMeasurer(device, pool.tracker, pool.key, tmp_path / "rowsplit",
+                                 SearchOptions(row_split=True, trials_per_task=8, seed=0, repeat=3, max_rounds=1),
+                                 warm_start_database=tmp_path / "stock")
+        try:
+            row = measurer.model("original", mod, params, x.numpy(), trials_per_task=8)
+        finally:
+            measurer.close()
+        tasks = ms.relax_integration.extract_tasks(prepare_relax(mod, params, device.target), device.target)
+        assert len([t for t in tasks if "conv2d" in t.task_name]) == 2
         split = {name: [record_splits_rows(r, ROW_AXIS["NHWC"], threads) for r in db.get_all_tuning_records()]
-                 for name, db in databases.items()}
-        assert len(split["rowsplit"]) >= 8 and all(split["rowsplit"]), split
+                 for name, db in (("stock", stock), ("rowsplit", measurer.database()))}
         assert not all(split["stock"]), "without RowSplit some schedules split columns or channels"
+        assert len(split["rowsplit"]) > sum(split["stock"]) and all(split["rowsplit"]), split
         warm = open_database(tmp_path / "warm")
-        assert copy_records(databases["stock"], warm, keep=RowSplit("NHWC", threads).accepts) \
-            == sum(split["stock"])
-        assert all(record_splits_rows(r, ROW_AXIS["NHWC"], threads) for r in warm.get_all_tuning_records())
-        executable = compile_tuned(mod, params, "local", databases["rowsplit"])
-    (got,) = graph.run(executable, x.numpy())
-    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+        assert copy_records(stock, warm, keep=RowSplit("NHWC", threads).accepts) == sum(split["stock"])
+    np.testing.assert_allclose(row["outputs_head"], net(x).detach().numpy().ravel()[:16], rtol=1e-4, atol=1e-4)

@@ -283,13 +283,9 @@ class TunedMeasurer(Measurer):
         when the options ask for it."""
         if not self.opt.row_split:
             return "post-order-apply"
-        from tvm.s_tir import meta_schedule as ms
+        from ..hw.metaschedule.row_split import row_split_space
 
-        from ..hw.metaschedule.row_split import RowSplit
-
-        kind = str(self.target().kind.name)
-        return ms.space_generator.PostOrderApply(sch_rules="from-target", mutator_probs="from-target",
-                                                 postprocs=ms.postproc.Postproc.create(kind) + [RowSplit()])
+        return row_split_space(self.target())
 
     def close(self) -> None:
         for obj in (self._builder, self._runner):

@@ -75,19 +75,24 @@ def splits_rows(sch: tvm.s_tir.Schedule, row_axis: int, threads: int) -> bool:
     return None not in starts and all(a < b for a, b in zip(starts, starts[1:]))
 
 
-def record_splits_rows(record, row_axis: int, threads: int) -> bool:
-    """Whether a MetaSchedule tuning record's schedule passes `splits_rows` (its trace replayed,
-    postprocessing included, on its workload)."""
+def _replayed(record) -> tvm.s_tir.Schedule:
+    """A tuning record's schedule: its trace replayed, postprocessing included, on its workload."""
     sch = tvm.s_tir.Schedule(record.workload.mod)
     record.trace.apply_to_schedule(sch, remove_postproc=False)
-    return splits_rows(sch, row_axis, threads)
+    return sch
+
+
+def record_splits_rows(record, row_axis: int, threads: int) -> bool:
+    """Whether a MetaSchedule tuning record's schedule passes `splits_rows`."""
+    return splits_rows(_replayed(record), row_axis, threads)
 
 
 @derived_object
 class RowSplit(PyPostproc):
     """Reject schedules whose parallel loop does not split the output's rows among the target's
     threads (`splits_rows`).  Append it to a target's postprocessors (it checks the parallel loop
-    that `RewriteParallelVectorizeUnroll` makes): `Postproc.create("llvm") + [RowSplit()]`."""
+    that `RewriteParallelVectorizeUnroll` makes): `Postproc.create("llvm") + [RowSplit()]`, as
+    `row_split_space` does."""
 
     def __init__(self, layout: Optional[str] = None, threads: Optional[int] = None) -> None:
         super().__init__()
@@ -100,8 +105,12 @@ class RowSplit(PyPostproc):
         if self.threads is None:
             self.threads = int(context.target.attrs.get("num-cores", 1))
 
-    def apply(self, sch: tvm.s_tir.Schedule) -> bool:
+    def _passes(self, sch: tvm.s_tir.Schedule) -> bool:
+        # One thread (or a target that does not say) has nothing to split.
         return self.threads is None or self.threads < 2 or splits_rows(sch, ROW_AXIS[self.layout], self.threads)
+
+    def apply(self, sch: tvm.s_tir.Schedule) -> bool:
+        return self._passes(sch)
 
     def clone(self) -> "RowSplit":
         return RowSplit(self.layout, self.threads)
@@ -109,8 +118,17 @@ class RowSplit(PyPostproc):
     def accepts(self, record) -> bool:
         """Whether this postprocessor would have let `record`'s schedule through (to keep another
         run's records out of a RowSplit run: `copy_records(..., keep=RowSplit(...).accepts)`)."""
-        return self.threads is None or self.threads < 2 or record_splits_rows(record, ROW_AXIS[self.layout],
-                                                                             self.threads)
+        return self._passes(_replayed(record))
 
 
-__all__ = ["RowSplit", "splits_rows", "record_splits_rows", "ROW_AXIS"]
+def row_split_space(target: tvm.target.Target, layout: Optional[str] = None):
+    """MetaSchedule's design space for `target` (its own schedule rules, mutators and
+    postprocessors) with `RowSplit` appended: pass it as `space=` to a tuning session."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.space_generator.PostOrderApply(
+        sch_rules="from-target", mutator_probs="from-target",
+        postprocs=ms.postproc.Postproc.create(str(target.kind.name)) + [RowSplit(layout)])
+
+
+__all__ = ["RowSplit", "splits_rows", "record_splits_rows", "row_split_space", "ROW_AXIS"]

@@ -7,9 +7,8 @@ import numpy as np, torch
 import gos_tvm
 from gos_tvm import graph, models
 from gos_tvm.hw import LocalDevicePool, open_database, tune_module_per_task, compile_tuned
-from gos_tvm.hw.metaschedule.row_split import RowSplit
-from tvm.s_tir import meta_schedule as ms
-from tvm.s_tir.meta_schedule.postproc import Postproc
+from gos_tvm.hw.metaschedule.row_split import row_split_space
+from gos_tvm.hw.presets import resolve_target
 root = Path("/work/exp/rs2")
 work = root / "fm17copy"
 if not work.exists():
@@ -25,8 +24,7 @@ with graph.conv_layout("NHWC"):
     print("resumed in", time.time() - t0, result.summary(), flush=True)
     amod, aparams = result.build(result.chosen)
     for mode in ("stock", "rowsplit"):
-        space = ms.space_generator.PostOrderApply(sch_rules="from-target", mutator_probs="from-target",
-                                                  postprocs=Postproc.create("llvm") + ([RowSplit()] if mode == "rowsplit" else []))
+        space = row_split_space(resolve_target("local")) if mode == "rowsplit" else "post-order-apply"
         db = open_database(str(root / mode / "db"))
         t0 = time.time()
         with LocalDevicePool("local", n_servers=1, threads=2) as pool:

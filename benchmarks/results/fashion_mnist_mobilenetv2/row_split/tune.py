@@ -8,9 +8,8 @@ from gos_tvm import graph, models
 from gos_tvm.hw import LocalDevicePool, open_database, tune_tasks_per_task, compile_tuned
 from gos_tvm.hw.tuning.session import prepare_relax
 from gos_tvm.hw.presets import resolve_target
-from gos_tvm.hw.metaschedule.row_split import RowSplit
+from gos_tvm.hw.metaschedule.row_split import row_split_space
 from tvm.s_tir import meta_schedule as ms
-from tvm.s_tir.meta_schedule.postproc import Postproc
 mode, out, trials = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 max_tasks = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] != 'all' else None
 seed = int(sys.argv[5]) if len(sys.argv) > 5 else 0
@@ -22,8 +21,7 @@ target = resolve_target("local")
 with graph.conv_layout("NHWC"):
     prepared = prepare_relax(mod, params, target)
     tasks = ms.relax_integration.extract_tasks(prepared, target)[:max_tasks]
-    space = ms.space_generator.PostOrderApply(sch_rules="from-target", mutator_probs="from-target",
-                                              postprocs=Postproc.create("llvm") + ([RowSplit()] if mode == "rowsplit" else []))
+    space = row_split_space(target) if mode == "rowsplit" else "post-order-apply"
     db = open_database(str(out / "db"))
     t0 = time.time()
     with LocalDevicePool("local", n_servers=1, threads=2) as pool:
