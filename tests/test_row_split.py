@@ -63,7 +63,7 @@ def test_tuning_with_row_split_measures_only_row_split_schedules(tmp_path):
     own tuning measured only those) and its compiled model computes what PyTorch does."""
     from tvm.s_tir import meta_schedule as ms
 
-    from gos_tvm.hw import resolve_preset
+    from gos_tvm.hw import compile_tuned, resolve_preset
     from gos_tvm.hw.tuning import copy_records, prepare_relax, tune_module_per_task
     from gos_tvm.search.measurer import TunedMeasurer
     from gos_tvm.search.results import SearchOptions
@@ -100,4 +100,9 @@ def test_tuning_with_row_split_measures_only_row_split_schedules(tmp_path):
         assert len(split["rowsplit"]) > sum(split["stock"]) and all(split["rowsplit"]), split
         warm = open_database(tmp_path / "warm")
         assert copy_records(stock, warm, keep=RowSplit("NHWC", threads).accepts) == sum(split["stock"])
-    np.testing.assert_allclose(row["outputs_head"], net(x).detach().numpy().ravel()[:16], rtol=1e-4, atol=1e-4)
+        assert all(record_splits_rows(r, ROW_AXIS["NHWC"], threads) for r in warm.get_all_tuning_records())
+        executable = compile_tuned(mod, params, "local", measurer.database())
+    (got,) = graph.run(executable, x.numpy())
+    want = net(x).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(row["outputs_head"], want.ravel()[:16], rtol=1e-4, atol=1e-4)

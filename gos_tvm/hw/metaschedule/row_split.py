@@ -22,6 +22,7 @@ import tvm
 import tvm_ffi
 from tvm import tirx
 from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.postproc import PyPostproc
 
 from ...graph.layout import current_conv_layout
@@ -124,8 +125,6 @@ class RowSplit(PyPostproc):
 def row_split_space(target: tvm.target.Target, layout: Optional[str] = None):
     """MetaSchedule's design space for `target` (its own schedule rules, mutators and
     postprocessors) with `RowSplit` appended: pass it as `space=` to a tuning session."""
-    from tvm.s_tir import meta_schedule as ms
-
     return ms.space_generator.PostOrderApply(
         sch_rules="from-target", mutator_probs="from-target",
         postprocs=ms.postproc.Postproc.create(str(target.kind.name)) + [RowSplit(layout)])
