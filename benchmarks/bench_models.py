@@ -108,6 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "than --trials-per-task records); repeat per model")
     p.add_argument("--row-split", action="store_true",
                    help="tune only schedules that give each thread a band of output rows (gos-tvm tune --row-split)")
+    p.add_argument("--serial-kernels", action="store_true",
+                   help="tune each kernel also without a parallel loop (gos-tvm tune --serial-kernels)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild models.json / .md / .png from the records in <out>/raw")
@@ -276,7 +278,7 @@ def search_options(args: argparse.Namespace) -> dict[str, int]:
     gos_tvm's defaults)."""
     given = {k: getattr(args, k) for k in ("distill_steps", "final_distill_steps", "rounds", "recover_steps")
              if getattr(args, k) is not None}
-    return {**given, **({"row_split": True} if args.row_split else {})}
+    return {**given, **{flag: True for flag in ("row_split", "serial_kernels") if getattr(args, flag)}}
 
 
 def warm_start_databases(args: argparse.Namespace) -> dict[str, str]:
@@ -302,7 +304,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
                  "config": {k: getattr(args, k) for k in ("trials_per_task", "kernel_trials", "max_sites", "epochs", "budget",
                                                           "repeats", "seed", "quick", "dataset", "train_samples",
                                                           "layout", "distill_steps", "final_distill_steps", "rounds",
-                                                          "recover_steps", "row_split")},
+                                                          "recover_steps", "row_split", "serial_kernels")},
                  "warm_start_database": warm_start_databases(args).get(name)}
     t_model = time.time()
     torch.set_num_threads(2)
@@ -465,7 +467,8 @@ def vs_ort(lat: dict, alternatives: dict | None = None) -> str:
 def budget_label(cfg: dict) -> str:
     k = "all" if cfg.get("max_sites") is None else cfg["max_sites"]
     t = f"T={cfg['trials_per_task']}/task" if "trials_per_task" in cfg else f"T={cfg['trials']}"
-    return f"{t}, K={k}" + (", row split" if cfg.get("row_split") else "")
+    return (f"{t}, K={k}" + (", row split" if cfg.get("row_split") else "")
+            + (", serial kernels" if cfg.get("serial_kernels") else ""))
 
 
 def markdown(records: list[dict], machine: dict) -> str:

@@ -58,3 +58,44 @@ def test_space_holds_serial_and_parallel_schedules_that_compute_the_same():
     # be fused into a parallel loop stays serial there too).
     stock, twin = kinds[:len(kinds) // 2], kinds[len(kinds) // 2:]
     assert len(stock) == len(twin) > 0 and all(twin) and not all(stock)
+
+
+def test_search_tunes_in_both_halves_with_row_split_on_the_parallel_one(tmp_path):
+    """`serial_kernels=True` (with `row_split=True`) through the `TunedMeasurer` every search tunes
+    through: the database holds schedules of the serial twin (no parallel-annotation in their trace,
+    no parallel loop) and of the stock half (each passing RowSplit), and the compiled model computes
+    what PyTorch does."""
+    import torch
+
+    from gos_tvm import graph
+    from gos_tvm.hw import LocalDevicePool, compile_tuned, resolve_preset
+    from gos_tvm.hw.metaschedule.row_split import ROW_AXIS, record_splits_rows
+    from gos_tvm.search.measurer import TunedMeasurer
+    from gos_tvm.search.results import SearchOptions
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 3, 16, 16)
+    mod, params = graph.from_torch(net, x)
+    device = resolve_preset("local")
+    threads = int(device.target.attrs["num-cores"])
+    with graph.conv_layout("NHWC"), LocalDevicePool("gos-serial", n_servers=1) as pool:
+        measurer = TunedMeasurer(device, pool.tracker, pool.key, tmp_path / "db",
+                                 SearchOptions(serial_kernels=True, row_split=True, trials_per_task=8, seed=0,
+                                               repeat=3, max_rounds=1))
+        try:
+            row = measurer.model("original", mod, params, x.numpy(), trials_per_task=8)
+        finally:
+            measurer.close()
+        records = measurer.database().get_all_tuning_records()
+        twin = [r for r in records if "meta_schedule.parallel" not in str(r.trace)]
+        stock = [r for r in records if "meta_schedule.parallel" in str(r.trace)]
+        assert twin and stock, (len(twin), len(stock))
+        assert all(record_is_serial(r) for r in twin)
+        assert all(record_splits_rows(r, ROW_AXIS["NHWC"], threads) for r in stock)
+        executable = compile_tuned(mod, params, "local", measurer.database())
+    (got,) = graph.run(executable, x.numpy())
+    want = net(x).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(row["outputs_head"], want.ravel()[:16], rtol=1e-4, atol=1e-4)

@@ -69,6 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--row-split", action="store_true",
                    help="tune only schedules whose parallel loop gives each thread a band of output rows, so "
                         "that consecutive kernels split their work alike (gos_tvm.hw.metaschedule.row_split)")
+    p.add_argument("--serial-kernels", action="store_true",
+                   help="tune each kernel also without a parallel loop, so short kernels may run on one thread "
+                        "inside a model whose long kernels use all (gos_tvm.hw.metaschedule.serial_kernels)")
     p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NHWC",
                    help="layout convolutions are compiled, tuned and judged in (default NHWC, channels-last: "
                         "the faster original and adapted models here; NCHW, the imported one; see "
@@ -100,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
               if getattr(args, name) is not None}
     opts = check_options(dict(trials=args.trials, trials_per_task=args.trials_per_task, time_budget=args.time_budget,
                               kernel_trials=args.kernel_trials, max_sites=args.max_sites, distill=args.distill,
-                              seed=args.seed, **({"row_split": True} if args.row_split else {}), **search))
+                              seed=args.seed, **({"row_split": True} if args.row_split else {}),
+                              **({"serial_kernels": True} if args.serial_kernels else {}), **search))
     target = args.target
     if args.emulated:
         from ..hw import emulate

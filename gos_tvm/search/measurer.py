@@ -280,12 +280,18 @@ class TunedMeasurer(Measurer):
 
     def _space(self) -> Any:
         """MetaSchedule's design space: the target's own, with `RowSplit` among its postprocessors
-        when the options ask for it."""
-        if not self.opt.row_split:
-            return "post-order-apply"
-        from ..hw.metaschedule.row_split import row_split_space
+        and/or united with its serial twin (`serial_kernels`) when the options ask for them."""
+        if not self.opt.serial_kernels:
+            if not self.opt.row_split:
+                return "post-order-apply"
+            from ..hw.metaschedule.row_split import row_split_space
 
-        return row_split_space(self.target())
+            return row_split_space(self.target())
+        from ..hw.metaschedule.row_split import row_split_postprocs
+        from ..hw.metaschedule.serial_kernels import serial_or_parallel_space
+
+        return serial_or_parallel_space(self.target(), row_split_postprocs(self.target())
+                                        if self.opt.row_split else "from-target")
 
     def close(self) -> None:
         for obj in (self._builder, self._runner):

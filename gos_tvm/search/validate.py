@@ -69,7 +69,7 @@ def check_options(options: Mapping[str, Any]):
             check_float(name, value, 0.0, float("inf"), min_exclusive=True)
         elif name == "distill_task" and value not in ("auto", "classification", "regression"):
             raise UserError(f"distill_task must be 'auto', 'classification' or 'regression', got {value!r}")
-        elif name in ("distill", "row_split") and not isinstance(value, (bool, np.bool_)):
+        elif name in ("distill", "row_split", "serial_kernels") and not isinstance(value, (bool, np.bool_)):
             raise UserError(f"{name} must be True or False, got {value!r}")
         elif name == "time_budget":
             if value is not None:
@@ -229,7 +229,7 @@ RESUMABLE_OPTIONS = ("trials", "trials_per_task", "time_budget", "rounds")
 
 #: Options added after work directories were written, with the value that means "as before": they
 #: enter the identity only when set otherwise, so an older directory still resumes.
-LATER_OPTIONS = {"recover_steps": 0, "row_split": False}
+LATER_OPTIONS = {"recover_steps": 0, "row_split": False, "serial_kernels": False}
 
 
 def run_identity(model_fingerprint: str, device, options, calib: np.ndarray, eval_fn: Callable,

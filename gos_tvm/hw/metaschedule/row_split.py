@@ -122,12 +122,16 @@ class RowSplit(PyPostproc):
         return self._passes(_replayed(record))
 
 
+def row_split_postprocs(target: tvm.target.Target, layout: Optional[str] = None) -> list:
+    """`target`'s own postprocessors with `RowSplit` appended."""
+    return ms.postproc.Postproc.create(str(target.kind.name)) + [RowSplit(layout)]
+
+
 def row_split_space(target: tvm.target.Target, layout: Optional[str] = None):
     """MetaSchedule's design space for `target` (its own schedule rules, mutators and
     postprocessors) with `RowSplit` appended: pass it as `space=` to a tuning session."""
-    return ms.space_generator.PostOrderApply(
-        sch_rules="from-target", mutator_probs="from-target",
-        postprocs=ms.postproc.Postproc.create(str(target.kind.name)) + [RowSplit(layout)])
+    return ms.space_generator.PostOrderApply(sch_rules="from-target", mutator_probs="from-target",
+                                             postprocs=row_split_postprocs(target, layout))
 
 
-__all__ = ["RowSplit", "splits_rows", "record_splits_rows", "row_split_space", "ROW_AXIS"]
+__all__ = ["RowSplit", "splits_rows", "record_splits_rows", "row_split_postprocs", "row_split_space", "ROW_AXIS"]
