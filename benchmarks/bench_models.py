@@ -109,7 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--row-split", action="store_true",
                    help="tune only schedules that give each thread a band of output rows (gos-tvm tune --row-split)")
     p.add_argument("--serial-kernels", action="store_true",
-                   help="tune each kernel also without a parallel loop (gos-tvm tune --serial-kernels)")
+                   help="time each tuned kernel also without its parallel loop (gos-tvm tune --serial-kernels)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild models.json / .md / .png from the records in <out>/raw")

@@ -151,7 +151,8 @@ def _identity_changes(inputs):
         "score eval_fn": {"eval_fn": lambda predict: 0.0, "val_data": None},
         "accuracy_budget": {"accuracy_budget": 0.02},
     }
-    bigger = {"max_sites": 3, "max_flops_ratio": 0.5, "seed": 1, "distill": False, "row_split": True, "distill_task": "regression",
+    bigger = {"max_sites": 3, "max_flops_ratio": 0.5, "seed": 1, "distill": False, "row_split": True, "serial_kernels": True,
+              "distill_task": "regression",
               "max_spread": 0.1, "final_distill_samples": 16}
     for name, f in SearchOptions.__dataclass_fields__.items():
         default = inputs.get(name, f.default)

@@ -361,8 +361,9 @@ def tune(mod: Any, target: Any = "local", *, params: Mapping[str, np.ndarray] | 
             distill_lr, distill_temperature, distill_task; row_split (default False: True tunes only
             schedules whose parallel loop gives each thread a band of output rows, so consecutive
             kernels split their work alike; `gos_tvm.hw.metaschedule.row_split`); serial_kernels
-            (default False: True tunes every kernel also without a parallel loop, so a short kernel
-            may run on one thread inside a multi-threaded model; `gos_tvm.hw.metaschedule.serial_kernels`).
+            (default False: True times each tuned kernel's best schedule also without its parallel
+            loop and keeps the faster, so a short kernel may run on one thread inside a
+            multi-threaded model; `gos_tvm.hw.metaschedule.serial_kernels`).
 
     Raises:
         UserError (a ValueError) naming the bad argument, before any work starts or anything

@@ -70,8 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tune only schedules whose parallel loop gives each thread a band of output rows, so "
                         "that consecutive kernels split their work alike (gos_tvm.hw.metaschedule.row_split)")
     p.add_argument("--serial-kernels", action="store_true",
-                   help="tune each kernel also without a parallel loop, so short kernels may run on one thread "
-                        "inside a model whose long kernels use all (gos_tvm.hw.metaschedule.serial_kernels)")
+                   help="time each tuned kernel's best schedule also without its parallel loop and keep the faster, "
+                        "so short kernels may run on one thread inside a model whose long kernels use all "
+                        "(gos_tvm.hw.metaschedule.serial_kernels)")
     p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NHWC",
                    help="layout convolutions are compiled, tuned and judged in (default NHWC, channels-last: "
                         "the faster original and adapted models here; NCHW, the imported one; see "

@@ -280,18 +280,12 @@ class TunedMeasurer(Measurer):
 
     def _space(self) -> Any:
         """MetaSchedule's design space: the target's own, with `RowSplit` among its postprocessors
-        and/or united with its serial twin (`serial_kernels`) when the options ask for them."""
-        if not self.opt.serial_kernels:
-            if not self.opt.row_split:
-                return "post-order-apply"
-            from ..hw.metaschedule.row_split import row_split_space
+        when the options ask for it."""
+        if not self.opt.row_split:
+            return "post-order-apply"
+        from ..hw.metaschedule.row_split import row_split_space
 
-            return row_split_space(self.target())
-        from ..hw.metaschedule.row_split import row_split_postprocs
-        from ..hw.metaschedule.serial_kernels import serial_or_parallel_space
-
-        return serial_or_parallel_space(self.target(), row_split_postprocs(self.target())
-                                        if self.opt.row_split else "from-target")
+        return row_split_space(self.target())
 
     def close(self) -> None:
         for obj in (self._builder, self._runner):
@@ -316,7 +310,8 @@ class TunedMeasurer(Measurer):
                                        trials_per_iter=min(16, trials_per_task), cost_model=self._cost_model(),
                                        seed=self.opt.seed, max_seconds=self.opt.time_budget, space=self._space())
             tuned = [t for t in new if t.task_name in info["tuned"]]
-            remeasure_best(db, [t.dispatched[0] for t in tuned], self.target(), self.builder(), self.runner())
+            remeasure_best(db, [t.dispatched[0] for t in tuned], self.target(), self.builder(), self.runner(),
+                           serial_twins=self.opt.serial_kernels)
             for t in tuned:
                 self._correct.pop(workload_key(t), None)
         out = {}
@@ -350,7 +345,7 @@ class TunedMeasurer(Measurer):
             fresh = self.parts.runner(self.tracker, self.key)  # new measuring processes, as for the end-to-end run
             try:
                 remeasure_best(db, [t.dispatched[0] for t in tasks if t.task_name in info["tuned"]], target,
-                               self.builder(), fresh)
+                               self.builder(), fresh, serial_twins=self.opt.serial_kernels)
             finally:
                 if hasattr(fresh, "close"):
                     fresh.close()

@@ -34,10 +34,9 @@ class SearchOptions:
     # alike and each thread reads mostly what its own core wrote.  A warm-start database then seeds
     # the run with only the records that pass the same check.
     row_split: bool = False
-    # Tune each kernel in MetaSchedule's design space *and* its serial twin (no parallel loop;
-    # `gos_tvm.hw.metaschedule.serial_kernels`), so that a short kernel may run on one thread
-    # inside a model that runs its long kernels on all of them.  A warm start's records stay (they
-    # are schedules of the stock half); its tasks are not tuned again.
+    # When the best schedules of newly tuned tasks are re-timed, time each one's serial twin too
+    # (the same schedule without its parallel loop; `gos_tvm.hw.metaschedule.serial_kernels`), so
+    # that a short kernel may run on one thread inside a model that runs its long kernels on all.
     serial_kernels: bool = False
     # Trials for each new task a candidate brings into the model (its fused kernel) while candidates
     # are screened.  None: the model's per-task budget, so a candidate is tuned as much as the

@@ -95,9 +95,12 @@ def kernel_workload(func: Union[tirx.PrimFunc, tvm.IRModule], symbol: str = "mai
 
 
 def remeasure_best(database: ms.database.Database, workloads: Sequence, target: Any, builder: Any,
-                   runner: Any) -> int:
+                   runner: Any, *, serial_twins: bool = False) -> int:
     """Measure each workload's best schedule again, in one batch, and commit the result as a
-    new record.  Returns how many were re-measured.
+    new record.  With `serial_twins`, each one's serial twin (the same schedule without its
+    parallel loop: `gos_tvm.hw.metaschedule.serial_kernels.serial_twin`) is measured in the same
+    batch and committed too, so the faster of the two is what a model compiles.  Returns how many
+    records were committed.
 
     Why: on a device that is also the tuning host (this machine as `local`), candidates are
     timed while MetaSchedule's search and builders run beside them; the records came out
@@ -119,25 +122,31 @@ def remeasure_best(database: ms.database.Database, workloads: Sequence, target: 
             best.append(top[0])
     if not best:
         return 0
-    mods = []
+    schedules = []  # (the record measured again or twinned, the scheduled module, its trace)
     for rec in best:
         sch = Schedule(rec.workload.mod)
         rec.trace.apply_to_schedule(sch, remove_postproc=False)
-        mods.append(sch.mod)
-    built = builder.build([BuilderInput(m, target) for m in mods])
-    todo = [(rec, b) for rec, b in zip(best, built) if b.error_msg is None]
+        schedules.append((rec, sch.mod, rec.trace))
+        if serial_twins:
+            from ..metaschedule.serial_kernels import serial_twin, target_postprocs
+
+            twin = serial_twin(rec, target_postprocs(target, rec.workload.mod))
+            if twin is not None:
+                schedules.append((rec, twin.mod, twin.trace))
+    built = builder.build([BuilderInput(mod, target) for _, mod, _ in schedules])
+    todo = [(rec, trace, b) for (rec, _, trace), b in zip(schedules, built) if b.error_msg is None]
     count = 0
     try:
-        futures = runner.run([RunnerInput(b.artifact_path, "cpu", list(rec.args_info)) for rec, b in todo])
-        for (rec, _), fut in zip(todo, futures):
+        futures = runner.run([RunnerInput(b.artifact_path, "cpu", list(rec.args_info)) for rec, _, b in todo])
+        for (rec, trace, _), fut in zip(todo, futures):
             res = fut.result()
             if res.error_msg is None and res.run_secs:
-                database.commit_tuning_record(TuningRecord(rec.trace, rec.workload, [float(x) for x in res.run_secs],
+                database.commit_tuning_record(TuningRecord(trace, rec.workload, [float(x) for x in res.run_secs],
                                                            rec.target, list(rec.args_info)))
                 count += 1
     finally:
         # Outside a tuning session no RemoveBuildArtifact callback removes the libraries.
-        for _, b in todo:
+        for _, _, b in todo:
             shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
     return count
 
