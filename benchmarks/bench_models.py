@@ -281,6 +281,32 @@ def search_options(args: argparse.Namespace) -> dict[str, int]:
     return {**given, **{flag: True for flag in ("row_split", "serial_kernels") if getattr(args, flag)}}
 
 
+def export_without_serial_twins(result, layout: str, work: Path, tag: str, libraries: dict) -> dict:
+    """With --serial-kernels: the original and adapted models compiled from the run's database
+    without its serial twins (`serial_kernels.is_serial_twin`), exported beside the shipped
+    libraries as `<which>_no_twins` (added to `libraries`), so one timing compares both."""
+    import dataclasses
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from gos_tvm import graph
+    from gos_tvm.hw import compile_tuned
+    from gos_tvm.hw.metaschedule.serial_kernels import is_serial_twin
+    from gos_tvm.hw.tuning.database import copy_records
+
+    db = result.tuning_database()
+    without = ms.database.MemoryDatabase()
+    kept = copy_records(db, without, keep=lambda r: not is_serial_twin(r))
+    out = {"records": len(db.get_all_tuning_records()), "twins": len(db.get_all_tuning_records()) - kept}
+    for which, config in (("original", dataclasses.replace(result.chosen, choices={})), ("adapted", result.chosen)):
+        mod, params = result.build(config)
+        with graph.conv_layout(layout):
+            path = work / f"{tag}_{which}_no_twins.so"
+            compile_tuned(mod, params, result.device, without).export_library(str(path))
+        libraries[f"{which}_no_twins"] = str(path)
+    return out
+
+
 def warm_start_databases(args: argparse.Namespace) -> dict[str, str]:
     """--warm-start-database MODEL=DIR pairs as {model: dir}."""
     out = {}
@@ -408,12 +434,17 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
         for which, ex in executables.items():
             ex.export_library(str(work / f"{tag}_{which}.so"))
             rec["libraries"][which] = str(work / f"{tag}_{which}.so")
+        if args.serial_kernels:  # the same models compiled without the serial twins: what the twins bought
+            rec["serial_twins"] = export_without_serial_twins(result, args.layout, work, tag, rec["libraries"])
         # Each at each thread count in fresh processes: they need not run best at the same one.
         from gos_tvm.hw.deploy_threads import json_ready, speedup_each_at_its_best_threads, time_libraries_at_threads
 
         timed = json_ready(time_libraries_at_threads(rec["libraries"], x1_np))
         rec["deploy_threads"] = timed["libraries"]
         rec["speedup_each_at_its_best_threads"] = speedup_each_at_its_best_threads(rec["deploy_threads"])
+        if args.serial_kernels:
+            rec["serial_twins"]["speedup_each_at_its_best_threads"] = speedup_each_at_its_best_threads(
+                {which: rec["deploy_threads"][f"{which}_no_twins"] for which in ("original", "adapted")})
         print(f"[{name}] each at its fastest thread count: {rec['deploy_threads']}", flush=True)
     # The tuned TVM models and onnxruntime / PyTorch in one process, taking turns: the ratio to
     # onnxruntime then compares runtimes in the same host minutes (the columns above are timed apart).

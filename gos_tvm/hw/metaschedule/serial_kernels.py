@@ -58,6 +58,12 @@ def record_is_serial(record) -> bool:
     return True
 
 
+def is_serial_twin(record) -> bool:
+    """Whether a tuning record is a serial twin (`serial_twin`'s trace): it lacks the parallel mark
+    that MetaSchedule's CPU space puts on every kernel it schedules."""
+    return not any(_is_parallel_mark(inst) for inst in record.trace.insts)
+
+
 def serial_twin(record, postprocs: Sequence) -> Optional[tvm.s_tir.Schedule]:
     """The schedule of `record` without its parallel loop: its trace replayed without the
     ``meta_schedule.parallel`` mark, then `postprocs` (initialized: `target_postprocs`) applied
@@ -78,4 +84,4 @@ def serial_twin(record, postprocs: Sequence) -> Optional[tvm.s_tir.Schedule]:
     return sch if all(p.apply(sch) for p in postprocs) else None
 
 
-__all__ = ["target_postprocs", "record_is_serial", "serial_twin"]
+__all__ = ["target_postprocs", "record_is_serial", "is_serial_twin", "serial_twin"]
