@@ -296,8 +296,8 @@ def export_without_serial_twins(result, layout: str, work: Path, tag: str, libra
 
     db = result.tuning_database()
     without = ms.database.MemoryDatabase()
-    kept = copy_records(db, without, keep=lambda r: not is_serial_twin(r))
-    out = {"records": len(db.get_all_tuning_records()), "twins": len(db.get_all_tuning_records()) - kept}
+    total = len(db.get_all_tuning_records())
+    out = {"records": total, "twins": total - copy_records(db, without, keep=lambda r: not is_serial_twin(r))}
     for which, config in (("original", dataclasses.replace(result.chosen, choices={})), ("adapted", result.chosen)):
         mod, params = result.build(config)
         with graph.conv_layout(layout):
