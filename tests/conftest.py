@@ -13,3 +13,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def two_convs():
+    """A small two-convolution ReLU network (seeded), its input and its Relax import:
+    (net, x, mod, params).  What the tuning tests (RowSplit, serial twins) tune end to end."""
+    import torch
+
+    from gos_tvm import graph
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 3, 16, 16)
+    mod, params = graph.from_torch(net, x)
+    return net, x, mod, params

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import tvm
 from tvm import te
@@ -55,7 +54,7 @@ def test_row_split_refuses_an_unknown_layout():
         RowSplit("NCW")
 
 
-def test_tuning_with_row_split_measures_only_row_split_schedules(tmp_path):
+def test_tuning_with_row_split_measures_only_row_split_schedules(tmp_path, two_convs):
     """A small NHWC model tuned without `RowSplit` (stock MetaSchedule), then by a run with
     `row_split=True` (the `TunedMeasurer` every search tunes through) warm-started from the stock
     database: without it some schedules split columns or channels; the RowSplit run's database holds
@@ -68,11 +67,7 @@ def test_tuning_with_row_split_measures_only_row_split_schedules(tmp_path):
     from gos_tvm.search.measurer import TunedMeasurer
     from gos_tvm.search.results import SearchOptions
 
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                              torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU()).eval()
-    x = torch.randn(1, 3, 16, 16)
-    mod, params = graph.from_torch(net, x)
+    net, x, mod, params = two_convs
     device = resolve_preset("local")
     threads = int(device.target.attrs["num-cores"])
     assert threads >= 2, "the check needs a target of two or more cores"

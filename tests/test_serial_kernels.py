@@ -56,24 +56,18 @@ def test_serial_twin_drops_only_the_parallel_loop():
     assert parallel > 0, "MetaSchedule's space parallelizes some schedules of this convolution"
 
 
-def test_search_keeps_serial_twins_with_row_split_on_the_parallel_schedules(tmp_path):
+def test_search_keeps_serial_twins_with_row_split_on_the_parallel_schedules(tmp_path, two_convs):
     """`serial_kernels=True` (with `row_split=True`) through the `TunedMeasurer` every search tunes
     through: the database holds serial twins (`is_serial_twin`; their schedule has no parallel
     loop) beside the searched schedules (each passing RowSplit), and the compiled model
     computes what PyTorch does."""
-    import torch
-
     from gos_tvm import graph
     from gos_tvm.hw import LocalDevicePool, compile_tuned, resolve_preset
     from gos_tvm.hw.metaschedule.row_split import ROW_AXIS, record_splits_rows
     from gos_tvm.search.measurer import TunedMeasurer
     from gos_tvm.search.results import SearchOptions
 
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                              torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU()).eval()
-    x = torch.randn(1, 3, 16, 16)
-    mod, params = graph.from_torch(net, x)
+    net, x, mod, params = two_convs
     device = resolve_preset("local")
     threads = int(device.target.attrs["num-cores"])
     with graph.conv_layout("NHWC"), LocalDevicePool("gos-serial", n_servers=1) as pool:
