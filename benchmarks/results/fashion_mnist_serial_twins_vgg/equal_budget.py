@@ -18,6 +18,7 @@ e.g. `python equal_budget.py /work/fm19/equal192 192 4 -- --dataset fashion-mnis
 import dataclasses
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -84,8 +85,6 @@ cmd = [sys.executable, str(Path(bench_models.__file__).with_name("bench_runtime_
        "--out", str(out / "timing"), "--onnx", str(onnx_path), shape]
 for lib in libraries.values():
     cmd += ["--library", lib, shape]
-import subprocess  # noqa: E402
-
 subprocess.run(cmd, check=True)
 (out / "equal_budget.json").write_text(json.dumps({"trials_per_task": trials, "run": " ".join(sys.argv),
                                                    "tuning": rows, "libraries": libraries}, indent=1))
