@@ -52,7 +52,7 @@ def main() -> None:
     from gos_tvm.hw.metaschedule._fastimport import import_tensor_intrin
     from gos_tvm.hw.presets import preset
     from gos_tvm.hw.tuning.database import open_database, record_latency
-    from gos_tvm.hw.tuning.verify import _random_args
+    from gos_tvm.hw.tuning.verify import random_args
 
     if not Path(args.database, "database_tuning_record.json").is_file():
         raise SystemExit(f"--database {args.database}: no database_tuning_record.json there; pass the "
@@ -72,7 +72,7 @@ def main() -> None:
     for latency, record in sorted(best.values(), key=lambda item: item[0]):
         sch = tvm.s_tir.Schedule(record.workload.mod)
         record.trace.apply_to_schedule(sch, remove_postproc=False)
-        inputs = _random_args(sch.mod["main"], 0)
+        inputs = random_args(sch.mod["main"], 0)
         off, out_off, err_off = time_kernel(sch.mod, slp_off, inputs, args.number, args.repeat)
         on, out_on, err_on = time_kernel(sch.mod, slp_on, inputs, args.number, args.repeat)
         same = bool(out_off and out_on and all(np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(out_off, out_on)))

@@ -11,7 +11,8 @@ from tvm.s_tir import meta_schedule as ms
 from .database import _workload_mod, database_records, record_latency
 
 
-def _random_args(func: tirx.PrimFunc, seed: int) -> list:
+def random_args(func: tirx.PrimFunc, seed: int) -> list:
+    """Seeded arguments for `func` (numpy arrays): standard normal floats, zeros for integer buffers."""
     import numpy as np
 
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
@@ -73,7 +74,7 @@ def schedule_is_correct(workload: Union[tirx.PrimFunc, tvm.IRModule], trace: Any
     arguments; every buffer, outputs included, must agree to `rtol` (relative to its norm).
     """
     mod = _workload_mod(workload)
-    args = _random_args(mod["main"], seed)
+    args = random_args(mod["main"], seed)
     return _agrees(mod, trace, args, _host_outputs(mod, args), rtol)
 
 
@@ -86,7 +87,7 @@ def best_correct_record(database: ms.database.Database, func: Union[tirx.PrimFun
     if not records:
         return math.inf, None
     mod = _workload_mod(records[0].workload.mod)
-    args = _random_args(mod["main"], 0)
+    args = random_args(mod["main"], 0)
     reference = _host_outputs(mod, args)  # the unscheduled kernel, once for all its records
     for rec in records:
         if _agrees(mod, rec.trace, args, reference, rtol):
@@ -109,4 +110,4 @@ def verified_database(database: ms.database.Database, workloads: Sequence[Union[
     return out
 
 
-__all__ = ["schedule_is_correct", "best_correct_record", "verified_database"]
+__all__ = ["random_args", "schedule_is_correct", "best_correct_record", "verified_database"]
