@@ -75,9 +75,9 @@ with graph.conv_layout(args.layout):
             print(which, json.dumps(rows[which]), flush=True)
             libraries[which] = str(out / f"{which}_{trials}pt.so")
             compile_tuned(vmod, vparams, "local", db).export_library(libraries[which])
-            libraries[f"{which}_64pt"] = str(out / f"{which}_64pt.so")
-            compile_tuned(vmod, vparams, "local", open_database(search_dir / "database")).export_library(
-                libraries[f"{which}_64pt"])
+            ran = f"{which}_{args.trials_per_task}pt"  # as the run compiled it, from its own database
+            libraries[ran] = str(out / f"{ran}.so")
+            compile_tuned(vmod, vparams, "local", open_database(search_dir / "database")).export_library(libraries[ran])
 
 onnx_path = work / f"{tag}.onnx"
 shape = ",".join(str(d) for d in split.x_val[:1].shape)

@@ -4,25 +4,33 @@ MetaSchedule's LocalRunner, this host).  Run with TVM_NUM_THREADS=2:
 
     TVM_NUM_THREADS=2 python narrow_layouts.py
 """
-import time, tvm
+import time
+
 from tvm import te, topi
-from gos_tvm.hw.metaschedule._fastimport import import_tensor_intrin
-import_tensor_intrin()
 from tvm.s_tir import meta_schedule as ms
+
+from gos_tvm.hw.metaschedule._fastimport import import_tensor_intrin
 from gos_tvm.hw.tuning.session import tune_primfunc
-def conv(layout, ci, co, k, hw):
+
+import_tensor_intrin()
+
+
+def conv(layout: str, ci: int, co: int, k: int, hw: int):
+    """A stride-1, same-padded k x k convolution ci -> co on an hw x hw image, as a PrimFunc."""
     if layout == "NCHW":
-        x = te.placeholder((1, ci, hw, hw), name="x"); w = te.placeholder((co, ci, k, k), name="w")
+        x, w = te.placeholder((1, ci, hw, hw), name="x"), te.placeholder((co, ci, k, k), name="w")
         y = topi.nn.conv2d_nchw(x, w, 1, k // 2, 1)
     else:
-        x = te.placeholder((1, hw, hw, ci), name="x"); w = te.placeholder((k, k, ci, co), name="w")
+        x, w = te.placeholder((1, hw, hw, ci), name="x"), te.placeholder((k, k, ci, co), name="w")
         y = topi.nn.conv2d_nhwc(x, w, 1, k // 2, 1)
     return te.create_prim_func([x, w, y])
+
+
 for ci, co, k in ((4, 4, 3), (16, 4, 1)):
     for layout in ("NHWC", "NCHW"):
-        mem = ms.database.MemoryDatabase(); t0 = time.time()
-        out = []
-        for budget in (64, 192):
-            best, _ = tune_primfunc(conv(layout, ci, co, k, 32), "local", trials=budget, runner="local", database=mem, seed=0)
+        mem, t0, out = ms.database.MemoryDatabase(), time.time(), []
+        for budget in (64, 192):  # the second session continues from the first one's records
+            best, _ = tune_primfunc(conv(layout, ci, co, k, 32), "local", trials=budget, runner="local",
+                                    database=mem, seed=0)
             out.append("%d: %.2f us" % (budget, best * 1e6))
         print(f"{ci}->{co} k{k} 32x32 {layout}: " + ", ".join(out), f"({time.time() - t0:.0f} s)", flush=True)
