@@ -307,6 +307,47 @@ def export_without_serial_twins(result, layout: str, work: Path, tag: str, libra
     return out
 
 
+def search_dir(args: argparse.Namespace, work: Path, name: str) -> Path:
+    """A model's search work directory (its state, report and MetaSchedule database) in `work`."""
+    return work / (f"gos_{record_name(name, args.dataset)}" + ("" if args.layout == "NCHW" else f"-{args.layout.lower()}"))
+
+
+def run_search(name: str, args: argparse.Namespace, work: Path, mod, params, split, device="local"):
+    """`gos_tvm.tune` as this benchmark runs it for model `name` (in --layout, with the command
+    line's budgets), in `search_dir`: a finished search is resumed, nothing measured again."""
+    import gos_tvm
+    from gos_tvm import graph
+
+    with graph.conv_layout(args.layout):
+        return gos_tvm.tune(mod, device, params=params, calib_data=split.x_train,
+                            val_data=(split.x_val, split.y_val), accuracy_budget=args.budget,
+                            trials_per_task=args.trials_per_task, kernel_trials=args.kernel_trials,
+                            max_sites=args.max_sites, seed=args.seed, **search_options(args),
+                            warm_start_database=warm_start_databases(args).get(name),
+                            work_dir=search_dir(args, work, name))
+
+
+def resume_run(argv: list[str]):
+    """A finished one-model run of this benchmark, from its command line's arguments (`argv`, without
+    the program name): its trained model and data split, and its search resumed (`run_search`).
+    For scripts that take a run further (benchmarks/results/*/equal_budget.py, other_layout.py).
+    Returns (args, work dir, data split, `gos_tvm.TuneResult`)."""
+    import gos_tvm
+    from gos_tvm import models
+
+    args = parse_args(argv)
+    if len(args.models) != 1:
+        raise SystemExit(f"resume one model's run at a time, got --models {' '.join(args.models)}")
+    (name,) = args.models
+    work = Path(args.work_dir).resolve()
+    model, split = models.trained_model(name, work / "weights", epochs=args.epochs, seed=args.seed,
+                                        dataset=args.dataset, train_samples=args.train_samples)
+    mod, params = gos_tvm.from_torch(model.eval(), torch.from_numpy(split.x_train[:1]))
+    result = run_search(name, args, work, mod, params, split)
+    print(result.summary(), flush=True)
+    return args, work, split, result
+
+
 def warm_start_databases(args: argparse.Namespace) -> dict[str, str]:
     """--warm-start-database MODEL=DIR pairs as {model: dir}."""
     out = {}
@@ -371,13 +412,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
         from gos_tvm.hw import emulate
 
         device = emulate.emulated_preset("rasp3b-aarch64")
-    with graph.conv_layout(args.layout):
-        result = gos_tvm.tune(mod, device, params=params, calib_data=split.x_train,
-                              val_data=(split.x_val, split.y_val), accuracy_budget=args.budget,
-                              trials_per_task=args.trials_per_task, kernel_trials=args.kernel_trials,
-                              max_sites=args.max_sites, seed=args.seed, **search_options(args),
-                              warm_start_database=warm_start_databases(args).get(name),
-                              work_dir=work / (f"gos_{tag}" + ("" if args.layout == "NCHW" else f"-{args.layout.lower()}")))
+    result = run_search(name, args, work, mod, params, split, device)
     tune_wall = time.time() - t0
     print(result.summary(), flush=True)
     rec["device"] = result.device.label

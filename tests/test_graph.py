@@ -260,6 +260,28 @@ def test_convolutions_compile_channels_last_on_request(imported):
     assert current_conv_layout() == "NCHW"
 
 
+def test_narrow_convolutions_stay_nchw_inside_an_nhwc_model():
+    """Under "NHWC-narrow" a convolution with fewer output channels than the target's float32 lanes
+    compiles NCHW, the others NHWC, and the model computes what PyTorch does."""
+    from gos_tvm.graph.layout import float32_lanes
+
+    assert float32_lanes(as_target(AARCH64)) == 4  # NEON: 128-bit
+    assert float32_lanes(as_target({"kind": "llvm", "mcpu": "skylake-avx512"})) == 16
+    assert float32_lanes(as_target({"kind": "llvm", "mcpu": "haswell"})) == 8
+    assert float32_lanes(as_target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"})) == 4
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 2, 1),  # a rank-2 bottleneck
+                          nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 16, 1), nn.ReLU()).eval()
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    mod, params = from_torch(model, x)
+    with conv_layout("NHWC-narrow"):
+        lowered = legalize(mod, params)
+        (out,) = run(compile_module(mod, params), x)
+    convs = {gv.name_hint: ("conv2d_nchw" if "conv2d_nchw" in str(f) else "conv2d_nhwc")
+             for gv, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint}
+    assert sorted(convs.values()) == ["conv2d_nchw", "conv2d_nchw", "conv2d_nhwc", "conv2d_nhwc"], convs
+    assert rel_err(out, model(x).detach().numpy()) < 1e-4
+
+
 @pytest.mark.parametrize("relax_operators", [True, False], ids=["relax-ops", "tir-kernels"])
 def test_a_replacement_runs_channels_last_without_transposes(relax_operators):
     """A replacement between NHWC convolutions runs NHWC: written as Relax convolutions, the layout

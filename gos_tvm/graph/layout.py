@@ -36,8 +36,9 @@ import tvm_ffi
 from tvm import relax
 
 #: Layouts convolutions are compiled in: (data, kernel) for Relax's ConvertLayout, None for the
-#: imported NCHW / OIHW.
-CONV_LAYOUTS: dict[str, list[str] | None] = {"NCHW": None, "NHWC": ["NHWC", "HWIO"]}
+#: imported NCHW / OIHW.  "NHWC-narrow" is NHWC except for convolutions with fewer output channels
+#: than the target's float32 vector lanes, which stay NCHW (`narrow_conv_layouts`).
+CONV_LAYOUTS: dict[str, list[str] | None] = {"NCHW": None, "NHWC": ["NHWC", "HWIO"], "NHWC-narrow": ["NHWC", "HWIO"]}
 _CONV_LAYOUT: ContextVar[str] = ContextVar("gos_tvm_conv_layout", default="NCHW")
 
 TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
@@ -72,13 +73,52 @@ def to_conv_layout(mod: tvm.IRModule) -> tvm.IRModule:
     if layouts is None or not calls_op(mod, "relax.nn.conv2d"):
         return mod
     staged = _replacements_channels_last(_clip_as_min_max(mod))
+    per_call = narrow_conv_layouts(float32_lanes(tvm.target.Target.current(allow_none=True))) \
+        if current_conv_layout() == "NHWC-narrow" else None
     try:
-        converted = relax.transform.ConvertLayout({"relax.nn.conv2d": layouts})(staged)
+        converted = relax.transform.ConvertLayout({"relax.nn.conv2d": layouts}, per_call)(staged)
     except tvm.error.TVMError as err:
         warnings.warn(f"convolution layout {layouts} not applied (Relax ConvertLayout failed: "
                       f"{str(err).splitlines()[-1][:200]}); compiling in the imported NCHW layout", stacklevel=3)
         return mod
     return _cancel_transposes(converted)
+
+
+def float32_lanes(target: tvm.target.Target | None) -> int:
+    """float32 values in one vector register of ``target``: 16 with AVX-512, 8 with AVX, 4 with SSE;
+    for other CPUs LLVM's vector width (NEON: 128 bits, 4); 4 for a target that is not LLVM's.
+    (x86 goes by its features: TVM 0.27's ``llvm_get_vector_width`` says 512 bits for any x86 CPU,
+    haswell and plain x86-64 included.)"""
+    if target is None or target.kind.name != "llvm":
+        return 4
+    from tvm.target import codegen
+
+    for feature, lanes in (("avx512f", 16), ("avx", 8), ("sse", 4)):
+        if codegen.target_has_features(feature, target):
+            return lanes
+    return max(int(codegen.llvm_get_vector_width(target)) // 32, 1)
+
+
+def narrow_conv_layouts(lanes: int):
+    """ConvertLayout's per-call layout choice for "NHWC-narrow": NCHW for a conv2d with fewer output
+    channels than ``lanes``, NHWC for every other.
+
+    An NHWC kernel vectorizes along the output channels; with fewer of them than a vector holds
+    (a rank-4 channel bottleneck: 4 channels against AVX-512's 16 lanes) MetaSchedule's best
+    schedules leave the compute unvectorized, while NCHW vectorizes along the image rows: tuned
+    alone on the AMD Zen 5 host, 3x3 4->4 at 32x32 2.09 us NCHW vs 3.47 NHWC, 1x1 16->4 1.06 vs
+    2.10 (benchmarks/results/fashion_mnist_serial_twins_vgg/narrow_layouts.txt).  The price is a
+    transpose kernel wherever an NCHW convolution meets an NHWC neighbour (Relax legalizes a
+    conv2d only with equal input and output layouts)."""
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+
+    def layouts_of(call: relax.Call) -> dict:
+        if call.op != conv2d:
+            return {}
+        out_channels = int(call.args[1].ty.shape.values[0])  # OIHW, as imported from PyTorch
+        return {"relax.nn.conv2d": ["NCHW", "OIHW"] if out_channels < lanes else ["NHWC", "HWIO"]}
+
+    return layouts_of
 
 
 def calls_op(mod: tvm.IRModule, op_name: str) -> bool:

@@ -23,13 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/
 import bench_models  # noqa: E402
 
-import gos_tvm  # noqa: E402
-from gos_tvm import graph, models  # noqa: E402
+from gos_tvm import graph  # noqa: E402
 from gos_tvm.hw import LocalDevicePool, compile_tuned, open_database, tune_tasks_per_task  # noqa: E402
 from gos_tvm.hw.presets import resolve_target  # noqa: E402
 from gos_tvm.hw.tuning.database import database_kernel_sum  # noqa: E402
@@ -37,23 +34,12 @@ from gos_tvm.hw.tuning.session import prepare_relax  # noqa: E402
 from tvm.s_tir import meta_schedule as ms  # noqa: E402
 
 out, trials, rounds = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-args = bench_models.parse_args(sys.argv[sys.argv.index("--") + 1:])
-(name,) = args.models
-work = Path(args.work_dir).resolve()
-tag = bench_models.record_name(name, args.dataset)
-search_dir = work / (f"gos_{tag}" + ("" if args.layout == "NCHW" else f"-{args.layout.lower()}"))
+args, work, split, result = bench_models.resume_run(sys.argv[sys.argv.index("--") + 1:])
+tag = bench_models.record_name(args.models[0], args.dataset)
+search_dir = bench_models.search_dir(args, work, args.models[0])
 out.mkdir(parents=True, exist_ok=True)
-
-model, split = models.trained_model(name, work / "weights", epochs=args.epochs, seed=args.seed, dataset=args.dataset,
-                                    train_samples=args.train_samples)
-mod, params = gos_tvm.from_torch(model.eval(), torch.from_numpy(split.x_train[:1]))
 target = resolve_target("local")
 with graph.conv_layout(args.layout):
-    result = gos_tvm.tune(mod, "local", params=params, calib_data=split.x_train, val_data=(split.x_val, split.y_val),
-                          accuracy_budget=args.budget, trials_per_task=args.trials_per_task,
-                          kernel_trials=args.kernel_trials, max_sites=args.max_sites, seed=args.seed,
-                          **bench_models.search_options(args), work_dir=search_dir)
-    print(result.summary(), flush=True)
     db_dir = out / "database"
     shutil.rmtree(db_dir, ignore_errors=True)
     shutil.copytree(search_dir / "database", db_dir)
