@@ -36,8 +36,8 @@ import tvm_ffi
 from tvm import relax
 
 #: Layouts convolutions are compiled in: (data, kernel) for Relax's ConvertLayout, None for the
-#: imported NCHW / OIHW.  "NHWC-narrow" is NHWC except for convolutions with fewer output channels
-#: than the target's float32 vector lanes, which stay NCHW (`narrow_conv_layouts`).
+#: imported NCHW / OIHW.  "NHWC-narrow" is NHWC, with the convolutions that have fewer output
+#: channels than the target's float32 vector lanes computed NCHW inside (`narrow_conv2d_as_nchw`).
 CONV_LAYOUTS: dict[str, list[str] | None] = {"NCHW": None, "NHWC": ["NHWC", "HWIO"], "NHWC-narrow": ["NHWC", "HWIO"]}
 _CONV_LAYOUT: ContextVar[str] = ContextVar("gos_tvm_conv_layout", default="NCHW")
 
@@ -73,15 +73,19 @@ def to_conv_layout(mod: tvm.IRModule) -> tvm.IRModule:
     if layouts is None or not calls_op(mod, "relax.nn.conv2d"):
         return mod
     staged = _replacements_channels_last(_clip_as_min_max(mod))
-    per_call = narrow_conv_layouts(float32_lanes(tvm.target.Target.current(allow_none=True))) \
-        if current_conv_layout() == "NHWC-narrow" else None
     try:
-        converted = relax.transform.ConvertLayout({"relax.nn.conv2d": layouts}, per_call)(staged)
+        converted = relax.transform.ConvertLayout({"relax.nn.conv2d": layouts})(staged)
     except tvm.error.TVMError as err:
         warnings.warn(f"convolution layout {layouts} not applied (Relax ConvertLayout failed: "
                       f"{str(err).splitlines()[-1][:200]}); compiling in the imported NCHW layout", stacklevel=3)
         return mod
-    return _cancel_transposes(converted)
+    converted = _cancel_transposes(converted)
+    if current_conv_layout() == "NHWC-narrow":
+        lanes = float32_lanes(tvm.target.Target.current(allow_none=True))
+        # LegalizeOps is the first pass of `legalize`'s pipeline; here it is run with the narrow
+        # convolutions' lowering, and the pipeline's own then finds nothing left to legalize.
+        converted = relax.transform.LegalizeOps({"relax.nn.conv2d": narrow_conv2d_as_nchw(lanes)})(converted)
+    return converted
 
 
 def float32_lanes(target: tvm.target.Target | None) -> int:
@@ -99,26 +103,39 @@ def float32_lanes(target: tvm.target.Target | None) -> int:
     return max(int(codegen.llvm_get_vector_width(target)) // 32, 1)
 
 
-def narrow_conv_layouts(lanes: int):
-    """ConvertLayout's per-call layout choice for "NHWC-narrow": NCHW for a conv2d with fewer output
-    channels than ``lanes``, NHWC for every other.
+def narrow_conv2d_as_nchw(lanes: int):
+    """Relax legalization of ``relax.nn.conv2d`` for "NHWC-narrow": an NHWC convolution with fewer
+    output channels than ``lanes`` becomes one kernel that reads and writes NHWC but computes NCHW
+    (the input's transpose inlines into the padding copy, the output's into the write); every other
+    conv2d is legalized as Relax does.
 
     An NHWC kernel vectorizes along the output channels; with fewer of them than a vector holds
     (a rank-4 channel bottleneck: 4 channels against AVX-512's 16 lanes) MetaSchedule's best
     schedules leave the compute unvectorized, while NCHW vectorizes along the image rows: tuned
     alone on the AMD Zen 5 host, 3x3 4->4 at 32x32 2.09 us NCHW vs 3.47 NHWC, 1x1 16->4 1.06 vs
-    2.10 (benchmarks/results/fashion_mnist_serial_twins_vgg/narrow_layouts.txt).  The price is a
-    transpose kernel wherever an NCHW convolution meets an NHWC neighbour (Relax legalizes a
-    conv2d only with equal input and output layouts)."""
-    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    2.10 (benchmarks/results/fashion_mnist_serial_twins_vgg/narrow_layouts.txt).  Compiling those
+    convolutions NCHW *between* NHWC neighbours instead costs a transpose kernel at each border,
+    and MetaSchedule finds only two or three schedules for a transpose: on the adapted vgg-style
+    model the four transposes took 7.3 us, the narrow convolutions saved 3.7
+    (`narrow_nchw.py` there, first version)."""
+    from tvm import topi
+    from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
 
-    def layouts_of(call: relax.Call) -> dict:
-        if call.op != conv2d:
-            return {}
-        out_channels = int(call.args[1].ty.shape.values[0])  # OIHW, as imported from PyTorch
-        return {"relax.nn.conv2d": ["NCHW", "OIHW"] if out_channels < lanes else ["NHWC", "HWIO"]}
+    def conv2d_nhwc_via_nchw(x, w, strides, padding, dilation, groups, out_dtype):
+        y = topi.nn.conv(topi.transpose(x, TO_NCHW), topi.transpose(w, (3, 2, 0, 1)), strides, padding, dilation,
+                         groups, "NCHW", "OIHW", out_dtype=out_dtype)
+        return topi.transpose(y, TO_NHWC)
 
-    return layouts_of
+    def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+        a = call.attrs
+        if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NHWC", "HWIO", "NHWC") \
+                or int(call.args[1].ty.shape.values[3]) >= lanes:
+            return _nn_conv2d(bb, call)
+        return bb.call_te(conv2d_nhwc_via_nchw, call.args[0], call.args[1], a.strides, a.padding, a.dilation,
+                          int(a.groups), a.out_dtype if a.out_dtype != "" else None,
+                          primfunc_name_hint="conv2d_nhwc_via_nchw")
+
+    return legalize_conv2d
 
 
 def calls_op(mod: tvm.IRModule, op_name: str) -> bool:

@@ -1,12 +1,15 @@
 """The adapted model of a finished NHWC bench_models.py run compiled "NHWC-narrow": its convolutions
-with fewer output channels than the CPU's float32 lanes in NCHW, the rest NHWC as in the run
-(`gos_tvm.graph.layout.narrow_conv_layouts`).  The run's search is resumed (nothing searched again),
-its database copied, the original and the adapted model tuned "NHWC-narrow" up to the run's trials
-per task into the copy (only the new NCHW convolutions and transposes are tuned; one RPC server at
-two threads, as the run), compiled, exported and timed beside the run's own NHWC libraries and
-onnxruntime, each library and thread count in a fresh process.
+with fewer output channels than the CPU's float32 lanes computed NCHW inside kernels that read and
+write NHWC, the rest as in the run (`gos_tvm.graph.layout.narrow_conv2d_as_nchw`).  The run's search
+is resumed (nothing searched again), its database copied, the original and the adapted model tuned
+"NHWC-narrow" up to the run's trials per task into the copy (only the new narrow kernels are tuned;
+one RPC server at two threads, as the run), compiled, exported and timed beside the run's own NHWC
+libraries and onnxruntime, each library and thread count in a fresh process.
 
     python narrow_nchw.py OUT_DIR ROUNDS -- <the run's bench_models.py arguments>
+
+(Its first version, commit 58a495a, compiled those convolutions NCHW between NHWC neighbours, with
+transpose kernels at the borders: `narrow_nchw/transposes/`.)
 """
 import dataclasses
 import json
