@@ -348,6 +348,19 @@ def resume_run(argv: list[str]):
     return args, work, split, result
 
 
+def time_in_fresh_processes(libraries: dict[str, str], onnx_path: Path, shape: str, rounds: int, out: Path) -> None:
+    """Time exported `libraries` ({name: .so}) and onnxruntime on `onnx_path` at 1 and 2 threads, each
+    library and thread count in a fresh process, `rounds` interleaved rounds (bench_runtime_threads.py;
+    table on stdout, JSON in `out`)."""
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).with_name("bench_runtime_threads.py")), "--rounds", str(rounds),
+           "--out", str(out), "--onnx", str(onnx_path), shape]
+    for lib in libraries.values():
+        cmd += ["--library", lib, shape]
+    subprocess.run(cmd, check=True)
+
+
 def warm_start_databases(args: argparse.Namespace) -> dict[str, str]:
     """--warm-start-database MODEL=DIR pairs as {model: dir}."""
     out = {}

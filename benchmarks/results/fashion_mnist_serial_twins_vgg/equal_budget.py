@@ -18,7 +18,6 @@ e.g. `python equal_budget.py /work/fm19/equal192 192 4 -- --dataset fashion-mnis
 import dataclasses
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -67,11 +66,7 @@ with graph.conv_layout(args.layout):
 
 onnx_path = work / f"{tag}.onnx"
 shape = ",".join(str(d) for d in split.x_val[:1].shape)
-cmd = [sys.executable, str(Path(bench_models.__file__).with_name("bench_runtime_threads.py")), "--rounds", str(rounds),
-       "--out", str(out / "timing"), "--onnx", str(onnx_path), shape]
-for lib in libraries.values():
-    cmd += ["--library", lib, shape]
-subprocess.run(cmd, check=True)
+bench_models.time_in_fresh_processes(libraries, onnx_path, shape, rounds, out / "timing")
 (out / "equal_budget.json").write_text(json.dumps({"trials_per_task": trials, "run": " ".join(sys.argv),
                                                    "tuning": rows, "libraries": libraries}, indent=1))
 print(json.dumps(rows, indent=1))

@@ -14,7 +14,6 @@ transpose kernels at the borders: `narrow_nchw/transposes/`.)
 import dataclasses
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,16 +37,15 @@ target = resolve_target("local")
 shutil.rmtree(out / "database", ignore_errors=True)
 shutil.copytree(run_db, out / "database")
 db = open_database(out / "database")
-configs = (("original", dataclasses.replace(result.chosen, choices={})), ("adapted", result.chosen))
+built = {which: result.build(config)
+         for which, config in (("original", dataclasses.replace(result.chosen, choices={})), ("adapted", result.chosen))}
 rows, libraries = {}, {}
 with graph.conv_layout(args.layout):  # the run's own libraries, from its database
-    for which, config in configs:
+    for which, (vmod, vparams) in built.items():
         libraries[f"{which}_{args.layout}"] = str(out / f"{which}_{args.layout}.so")
-        compile_tuned(*result.build(config), "local", open_database(run_db)).export_library(
-            libraries[f"{which}_{args.layout}"])
+        compile_tuned(vmod, vparams, "local", open_database(run_db)).export_library(libraries[f"{which}_{args.layout}"])
 with graph.conv_layout("NHWC-narrow"), LocalDevicePool("local", n_servers=1, threads=2) as (host, port, key):
-    for which, config in configs:
-        vmod, vparams = result.build(config)
+    for which, (vmod, vparams) in built.items():
         prepared = prepare_relax(vmod, vparams, target)
         tasks = ms.relax_integration.extract_tasks(prepared, target)
         t0 = time.time()
@@ -62,10 +60,6 @@ with graph.conv_layout("NHWC-narrow"), LocalDevicePool("local", n_servers=1, thr
         compile_tuned(vmod, vparams, "local", db).export_library(libraries[f"{which}_NHWC-narrow"])
 
 shape = ",".join(str(d) for d in split.x_val[:1].shape)
-cmd = [sys.executable, str(Path(bench_models.__file__).with_name("bench_runtime_threads.py")), "--rounds", str(rounds),
-       "--out", str(out / "timing"), "--onnx", str(work / f"{tag}.onnx"), shape]
-for lib in libraries.values():
-    cmd += ["--library", lib, shape]
-subprocess.run(cmd, check=True)
+bench_models.time_in_fresh_processes(libraries, work / f"{tag}.onnx", shape, rounds, out / "timing")
 (out / "narrow_nchw.json").write_text(json.dumps({"run": " ".join(sys.argv), "tuning": rows, "libraries": libraries},
                                                  indent=1, default=str))

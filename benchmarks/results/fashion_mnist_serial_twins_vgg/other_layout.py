@@ -8,7 +8,6 @@ from its database) and onnxruntime, each library and thread count in a fresh pro
 """
 import dataclasses
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,11 +53,7 @@ with graph.conv_layout(layout), LocalDevicePool("local", n_servers=1, threads=2)
 
 onnx_path = work / f"{tag}.onnx"
 shape = ",".join(str(d) for d in split.x_val[:1].shape)
-cmd = [sys.executable, str(Path(bench_models.__file__).with_name("bench_runtime_threads.py")), "--rounds", str(rounds),
-       "--out", str(out / "timing"), "--onnx", str(onnx_path), shape]
-for lib in libraries.values():
-    cmd += ["--library", lib, shape]
-subprocess.run(cmd, check=True)
+bench_models.time_in_fresh_processes(libraries, onnx_path, shape, rounds, out / "timing")
 (out / "other_layout.json").write_text(json.dumps({"layout": layout, "trials_per_task": trials, "run": " ".join(sys.argv),
                                                    "tuning": rows, "libraries": libraries}, indent=1))
 print(json.dumps(rows, indent=1))
